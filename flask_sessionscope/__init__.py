@@ -1,0 +1,17 @@
+"""flask-sessionscope: one SQLAlchemy session per Flask request, committed
+before the response leaves when the request succeeded, rolled back when it
+failed, and always closed."""
+
+from __future__ import annotations
+
+from ._errors import ConfigurationError, ReadOnlySessionError, SessionScopeError
+from ._extension import SessionScope
+from ._settings import default_commit_rule
+
+__all__ = [
+    "ConfigurationError",
+    "ReadOnlySessionError",
+    "SessionScope",
+    "SessionScopeError",
+    "default_commit_rule",
+]

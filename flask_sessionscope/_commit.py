@@ -1,0 +1,66 @@
+"""Deciding whether a request's work is committed or rolled back, and ending
+sessions so that their connections always go back to the pool."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Response
+from sqlalchemy.orm import Session
+
+from ._guards import has_unsaved_writes
+from ._scope import ContextScope
+from ._settings import CommitRule
+
+logger = logging.getLogger("flask_sessionscope")
+
+
+def should_commit(scope: ContextScope, autocommit: bool, rule: CommitRule, response: Response) -> bool | None:
+    """Decide the end of a request: True to commit, False to roll back, None
+    when the app has taken the decision for itself (autocommit off or
+    ``@manual_commit``), in which case the session is only closed later."""
+    if not (autocommit and scope.autocommit):
+        return None
+    if scope.rollback_only:
+        return False
+    return bool(rule(response))
+
+
+def commit_or_discard(session: Session) -> None:
+    """Commit ``session``; if the commit fails, roll back, close the session so
+    its connection returns to the pool, and re-raise the error."""
+    try:
+        session.commit()
+    except BaseException:
+        close_quietly(session)
+        raise
+
+
+def close_quietly(session: Session) -> None:
+    """Close ``session``, rolling back anything uncommitted; log instead of
+    raising, because this runs in teardown where an error would hide the
+    original one."""
+    try:
+        session.close()
+    except Exception:
+        logger.exception("closing a session failed; its connection was discarded")
+
+
+def close_scope(scope: ContextScope) -> None:
+    """Close and drop every session of a context that is ending.
+
+    A streamed response's generator may use the session after the end-of-
+    request commit; whatever it changed then was never committed, and the
+    developer is told so rather than left to find rows missing.
+    """
+    for session in (scope.transaction, scope.session):
+        if session is None:
+            continue
+        if scope.committed and has_unsaved_writes(session):
+            logger.warning(
+                "changes made after the end-of-request commit (for example in a"
+                " streamed response's generator) were discarded; commit them"
+                " explicitly or use db.transaction()"
+            )
+        close_quietly(session)
+    scope.session = scope.transaction = None

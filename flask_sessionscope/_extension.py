@@ -1,0 +1,267 @@
+"""Wiring into Flask: the :class:`SessionScope` extension object."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, current_app
+from flask.globals import _cv_app, _cv_request
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import _guards
+from ._commit import close_scope, commit_or_discard, should_commit
+from ._errors import ConfigurationError
+from ._scope import Context, ContextScope, current_context, ensure_scope, scope_of
+from ._settings import (
+    BINDS_KEY,
+    SESSION_OPTIONS_KEY,
+    CommitRule,
+    create_engines,
+    read_settings,
+    resolve_session_options,
+)
+from ._shell import mapped_classes
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+EXTENSION_KEY = "sessionscope"
+
+
+@dataclass(frozen=True)
+class _AppState:
+    """What the extension holds for one app, built once at ``init_app``."""
+
+    engines: dict[str | None, Engine]
+    sessionmaker: sessionmaker[Session]
+    autocommit: bool
+    commit_rule: CommitRule
+
+
+class SessionScope:
+    """Gives each request (or app context) its own SQLAlchemy session and
+    ends it for you.
+
+    The session is created on first use of :attr:`session`. At the end of a
+    request it is committed when the request succeeded (by default: status
+    below 400 and no unhandled exception), rolled back otherwise, and always
+    closed at teardown. One instance may serve several apps; each app gets its
+    own engines and a single sessionmaker.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"<SessionScope apps={len(self._states)}>"
+
+    def init_app(self, app: Flask) -> None:
+        """Read the app's configuration, build its engines and sessionmaker,
+        and hook the session's life into the app's request cycle.
+
+        Raises :class:`ConfigurationError` naming the key at fault when the
+        configuration is missing or invalid. Connects to no database.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                f"a SessionScope is already set up on {app.name!r}; call init_app once per app"
+            )
+        settings = read_settings(app.config, app.instance_path)
+        engines = create_engines(settings.engines)
+        try:
+            factory = sessionmaker(**resolve_session_options(settings.session_options, engines))
+            factory().close()  # let SQLAlchemy reject unknown options now, not at the first request
+        except TypeError as error:
+            raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
+        _guards.install(factory)
+        self._states[app] = _AppState(engines, factory, settings.autocommit, settings.commit_rule)
+        app.extensions[EXTENSION_KEY] = self
+
+        # Flask runs app-wide after_request functions last-registered-first, so
+        # the first one in the list runs after all others, including any
+        # registered later: that is where the commit belongs.
+        app.after_request_funcs.setdefault(None, []).insert(0, self._end_request)
+        app.teardown_request(self._end_request_context)
+        app.teardown_appcontext(self._end_app_context)
+        app.shell_context_processor(self._shell_context)
+
+    # -- public API --------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        """The current request's (or app context's) session, created on first
+        access. Raises :class:`RuntimeError` outside an app context."""
+        ctx = current_context()
+        scope = scope_of(ctx)
+        if scope is None:
+            scope = ensure_scope(ctx)
+        else:
+            session = scope.current_session()
+            if session is not None:
+                return session
+        scope.session = self._new_session(ctx, scope)
+        return scope.session
+
+    @property
+    def engine(self) -> Engine:
+        """The current app's default engine."""
+        return self._state().engines[None]
+
+    def get_engine(self, name: str | None = None) -> Engine:
+        """The current app's engine for bind ``name`` (None: the default)."""
+        engines = self._state().engines
+        if name not in engines:
+            known = ", ".join(repr(key) for key in engines if key is not None) or "none"
+            raise KeyError(f"no bind named {name!r} in {BINDS_KEY} (defined: {known})")
+        return engines[name]
+
+    @property
+    def engines(self) -> dict[str | None, Engine]:
+        """All of the current app's engines by bind name; the default is ``None``."""
+        return dict(self._state().engines)
+
+    @property
+    def sessionmaker(self) -> sessionmaker[Session]:
+        """The current app's sessionmaker, made once at ``init_app``."""
+        return self._state().sessionmaker
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A unit of work: yields a session that is committed when the block
+        ends normally, rolled back when it raises, then closed.
+
+        While the block runs, :attr:`session` is this session, so code that
+        uses ``db.session`` takes part. A nested ``transaction()`` becomes a
+        SAVEPOINT of the outer one. The outcome is independent of the
+        request's: the block commits even if the request later fails.
+        """
+        ctx = current_context()
+        scope = ensure_scope(ctx)
+        if scope.transaction is not None:
+            with scope.transaction.begin_nested():
+                yield scope.transaction
+            return
+        session = self._new_session(ctx, scope)
+        scope.transaction = session
+        try:
+            with session.begin():
+                yield session
+        finally:
+            scope.transaction = None
+            session.close()
+
+    def manual_commit(self, view: View) -> View:
+        """View decorator: the request is never committed for this view; it
+        commits what it wants itself. The session is still closed (and any
+        uncommitted work rolled back) at the end of the request."""
+
+        def mark(scope: ContextScope) -> None:
+            scope.autocommit = False
+
+        return _wrap_view(view, mark)
+
+    def read_only(self, view: View) -> View:
+        """View decorator: any write through the request's sessions raises
+        :class:`ReadOnlySessionError` before reaching the database, so the
+        request fails and nothing is written."""
+
+        def mark(scope: ContextScope) -> None:
+            scope.read_only = True
+            for session in (scope.session, scope.transaction):
+                if session is not None:
+                    _guards.mark_read_only(session)
+
+        return _wrap_view(view, mark)
+
+    def set_rollback_only(self) -> None:
+        """Roll back the current request's session at its end even if the
+        response is a success."""
+        ensure_scope(current_context()).rollback_only = True
+
+    # -- Flask life cycle --------------------------------------------------
+
+    def _state(self, app: Flask | None = None) -> _AppState:
+        if app is None:
+            if _cv_app.get(None) is None:
+                raise RuntimeError(
+                    "this needs an active Flask app context; push one with 'with app.app_context():'"
+                )
+            app = cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        try:
+            return self._states[app]
+        except KeyError:
+            raise RuntimeError(
+                f"SessionScope is not set up for app {app.name!r}; call db.init_app(app) first"
+            ) from None
+
+    def _new_session(self, ctx: Context, scope: ContextScope) -> Session:
+        session = self._state(ctx.app).sessionmaker()
+        if scope.read_only:
+            _guards.mark_read_only(session)
+        return session
+
+    def _end_request(self, response: Response) -> Response:
+        """Commit or roll back the request's session, after every other
+        after_request function and before the response is sent."""
+        ctx = _cv_request.get()
+        scope = scope_of(ctx)
+        if scope is None or scope.session is None:
+            return response
+        state = self._state(ctx.app)
+        decision = should_commit(scope, state.autocommit, state.commit_rule, response)
+        if decision is None:
+            return response
+        session = scope.session
+        if decision:
+            scope.session = None  # if the commit fails, the session is closed and gone
+            commit_or_discard(session)
+            scope.session = session
+            scope.committed = True
+        else:
+            session.rollback()
+        return response
+
+    def _end_request_context(self, exc: BaseException | None = None) -> None:
+        """Teardown of a request: close and forget the request's sessions."""
+        _close_context(_cv_request.get(None))
+
+    def _end_app_context(self, exc: BaseException | None = None) -> None:
+        """Teardown of an app context: close and forget its sessions."""
+        _close_context(_cv_app.get(None))
+
+    def _shell_context(self) -> dict[str, Any]:
+        return {**mapped_classes(), "db": self}
+
+
+def _close_context(ctx: Context | None) -> None:
+    scope = scope_of(ctx) if ctx is not None else None
+    if scope is not None:
+        close_scope(scope)
+
+
+def _wrap_view(view: View, mark: Callable[[ContextScope], None]) -> View:
+    """Wrap ``view`` so that ``mark`` is applied to the request's scope
+    before it runs. Async views stay async."""
+    if inspect.iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            mark(ensure_scope(current_context()))
+            return await view(*args, **kwargs)
+
+        return cast(View, async_wrapper)
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        mark(ensure_scope(current_context()))
+        return view(*args, **kwargs)
+
+    return cast(View, wrapper)

@@ -1,0 +1,90 @@
+"""Finding the session that belongs to the current request or app context.
+
+A session belongs to the innermost Flask context of the current app: the
+request context when there is one, otherwise the app context. Keying on the
+request context (not on ``g``, which lives on the app context) matters when an
+app context outlives the requests inside it, as it does under pytest-flask:
+every request still gets a session of its own.
+
+The per-context record, :class:`ContextScope`, is attached to the context
+object itself, so it disappears with the context and no global registry can
+leak sessions. Teardown closes and drops the record's sessions but keeps
+the record: Flask tears a streamed request down once when the view returns
+and again when the body ends, and the flags must survive in between.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from flask.ctx import AppContext, RequestContext
+from flask.globals import _cv_app, _cv_request
+from sqlalchemy.orm import Session
+
+Context: TypeAlias = AppContext | RequestContext
+
+_ATTRIBUTE = "_flask_sessionscope"
+
+NO_CONTEXT_MESSAGE = (
+    "db.session needs an active Flask app context. Inside a request one exists"
+    " already; in scripts, CLI commands and background jobs push one with"
+    " 'with app.app_context():'."
+)
+
+
+class ContextScope:
+    """What the extension keeps for one request or app context.
+
+    Created only when the context first needs it (its session is used, or a
+    view decorator sets a flag), so a request that never touches the
+    database allocates nothing.
+    """
+
+    __slots__ = ("autocommit", "committed", "read_only", "rollback_only", "session", "transaction")
+
+    def __init__(self) -> None:
+        #: The context's lazily created session (``db.session``).
+        self.session: Session | None = None
+        #: The session of the outermost open ``db.transaction()`` block.
+        self.transaction: Session | None = None
+        #: False under ``@manual_commit``: the request is never committed for the view.
+        self.autocommit = True
+        #: Set by ``set_rollback_only()``: roll back whatever the status.
+        self.rollback_only = False
+        #: Set by ``@read_only``: sessions of this context refuse to write.
+        self.read_only = False
+        #: The end-of-request commit has happened (later writes are lost).
+        self.committed = False
+
+    def current_session(self) -> Session | None:
+        """The session ``db.session`` means right now, if it exists yet."""
+        return self.transaction or self.session
+
+
+def current_context() -> Context:
+    """Return the context that owns ``db.session`` right now.
+
+    Raises :class:`RuntimeError` outside any app context.
+    """
+    app_ctx = _cv_app.get(None)
+    if app_ctx is None:
+        raise RuntimeError(NO_CONTEXT_MESSAGE)
+    request_ctx = _cv_request.get(None)
+    if request_ctx is not None and request_ctx.app is app_ctx.app:
+        return request_ctx
+    return app_ctx
+
+
+def scope_of(ctx: Context) -> ContextScope | None:
+    """The context's scope, or None when it has never needed one."""
+    scope: ContextScope | None = ctx.__dict__.get(_ATTRIBUTE)
+    return scope
+
+
+def ensure_scope(ctx: Context) -> ContextScope:
+    """The context's scope, created on first need."""
+    scope = scope_of(ctx)
+    if scope is None:
+        scope = ContextScope()
+        setattr(ctx, _ATTRIBUTE, scope)
+    return scope

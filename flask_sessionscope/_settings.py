@@ -1,0 +1,236 @@
+"""Turning ``app.config`` into engines and sessionmaker options.
+
+Everything here is a pure function of the configuration (plus the app's
+instance folder for relative SQLite paths), so it can be tested and
+reasoned about without Flask's life cycle. Errors name the configuration
+key at fault and never echo a password.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Response
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from ._errors import ConfigurationError
+
+CommitRule = Callable[[Response], bool]
+
+URL_KEY = "SESSIONSCOPE_DATABASE_URL"
+ENGINE_OPTIONS_KEY = "SESSIONSCOPE_ENGINE_OPTIONS"
+BINDS_KEY = "SESSIONSCOPE_BINDS"
+SESSION_OPTIONS_KEY = "SESSIONSCOPE_SESSION_OPTIONS"
+AUTOCOMMIT_KEY = "SESSIONSCOPE_AUTOCOMMIT"
+COMMIT_RULE_KEY = "SESSIONSCOPE_COMMIT_RULE"
+
+#: Flask-SQLAlchemy's names, read when ours are absent so an app can move over
+#: without touching its configuration.
+FALLBACK_KEYS = {
+    URL_KEY: "SQLALCHEMY_DATABASE_URI",
+    ENGINE_OPTIONS_KEY: "SQLALCHEMY_ENGINE_OPTIONS",
+    BINDS_KEY: "SQLALCHEMY_BINDS",
+}
+
+#: Seconds after which a MySQL/MariaDB connection is replaced; well under the
+#: server's default ``wait_timeout`` of 8 hours, so the server never closes a
+#: pooled connection under us.
+MYSQL_POOL_RECYCLE = 3600
+
+
+def default_commit_rule(response: Response) -> bool:
+    """Commit when the response is a success or a redirect (status < 400)."""
+    return response.status_code < 400
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What one engine is built from: its URL and ``create_engine`` options."""
+
+    url: URL
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The configuration key the URL came from, for error messages.
+    source: str = URL_KEY
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``init_app`` reads from ``app.config``, validated."""
+
+    engines: dict[str | None, EngineSpec]
+    session_options: dict[str, Any]
+    autocommit: bool
+    commit_rule: CommitRule
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> tuple[str, Any]:
+    """Return ``(key actually used, value)``, falling back to Flask-SQLAlchemy's key."""
+    if config.get(key) is not None:
+        return key, config[key]
+    fallback = FALLBACK_KEYS.get(key)
+    if fallback is not None and config.get(fallback) is not None:
+        return fallback, config[fallback]
+    return key, None
+
+
+def _parse_url(value: Any, key: str) -> URL:
+    if not isinstance(value, (str, URL)):
+        raise ConfigurationError(
+            f"{key} must be a database URL string or sqlalchemy.URL, not {type(value).__name__}"
+        )
+    try:
+        return make_url(value)
+    except ArgumentError:
+        # The unparsable string may hold a password: never repeat it.
+        raise ConfigurationError(
+            f"{key} is not a valid database URL;"
+            " expected the form 'dialect+driver://user:password@host/database'"
+        ) from None
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key} must be a dict, not {type(value).__name__}")
+    return dict(value)
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    return url.query.get("uri") == "true" and "mode=memory" in database
+
+
+def apply_driver_defaults(
+    url: URL, options: dict[str, Any], instance_path: str
+) -> tuple[URL, dict[str, Any]]:
+    """Return the URL and options with the defaults users expect of each driver.
+
+    - SQLite: a relative file path lives in the app's instance folder (created
+      if missing); an in-memory database is one connection shared by every
+      thread, since each new connection would otherwise see an empty database.
+    - MySQL/MariaDB: connections are recycled before the server's idle
+      timeout can drop them.
+
+    Options the user set explicitly always win.
+    """
+    options = dict(options)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if _is_memory_sqlite(url):
+            options.setdefault("poolclass", StaticPool)
+            connect_args = dict(options.get("connect_args", {}))
+            connect_args.setdefault("check_same_thread", False)
+            options["connect_args"] = connect_args
+        elif url.query.get("uri") != "true" and not os.path.isabs(url.database or ""):
+            os.makedirs(instance_path, exist_ok=True)
+            url = url.set(database=os.path.join(instance_path, url.database or ""))
+    elif backend in ("mysql", "mariadb"):
+        options.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
+    return url, options
+
+
+def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
+    """Validate the extension's configuration keys and resolve their defaults."""
+    url_key, url_value = _lookup(config, URL_KEY)
+    if url_value is None:
+        raise ConfigurationError(
+            f"{URL_KEY} is not set (nor Flask-SQLAlchemy's"
+            f" {FALLBACK_KEYS[URL_KEY]}); set it to a database URL such as"
+            " 'sqlite:///app.db'"
+        )
+    options_key, options_value = _lookup(config, ENGINE_OPTIONS_KEY)
+    common_options = _mapping(options_value, options_key)
+    url, options = apply_driver_defaults(_parse_url(url_value, url_key), common_options, instance_path)
+    engines: dict[str | None, EngineSpec] = {None: EngineSpec(url, options, url_key)}
+
+    binds_key, binds_value = _lookup(config, BINDS_KEY)
+    for name, bind in _mapping(binds_value, binds_key).items():
+        where = f"{binds_key}[{name!r}]"
+        if not isinstance(name, str):
+            raise ConfigurationError(f"{binds_key} keys must be strings, not {name!r}")
+        if isinstance(bind, Mapping):
+            bind_options = dict(bind)
+            if "url" not in bind_options:
+                raise ConfigurationError(f"{where} is a dict without a 'url' entry")
+            bind_url = _parse_url(bind_options.pop("url"), where)
+            bind_options = {**common_options, **bind_options}
+        else:
+            bind_url, bind_options = _parse_url(bind, where), dict(common_options)
+        bind_url, bind_options = apply_driver_defaults(bind_url, bind_options, instance_path)
+        engines[name] = EngineSpec(bind_url, bind_options, where)
+
+    session_options = _mapping(config.get(SESSION_OPTIONS_KEY), SESSION_OPTIONS_KEY)
+    if isinstance(session_options.get("bind"), str):
+        raise ConfigurationError(
+            f"{SESSION_OPTIONS_KEY}['bind'] cannot name a bind; the default engine comes from {URL_KEY}"
+        )
+
+    autocommit = config.get(AUTOCOMMIT_KEY, True)
+    if not isinstance(autocommit, bool):
+        raise ConfigurationError(f"{AUTOCOMMIT_KEY} must be True or False, not {autocommit!r}")
+    commit_rule = config.get(COMMIT_RULE_KEY) or default_commit_rule
+    if not callable(commit_rule):
+        raise ConfigurationError(
+            f"{COMMIT_RULE_KEY} must be a callable that takes the response and"
+            f" returns True to commit, not {type(commit_rule).__name__}"
+        )
+    return Settings(engines, session_options, autocommit, commit_rule)
+
+
+def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, Engine]:
+    """Build one engine per spec, turning driver and option errors into
+    :class:`ConfigurationError` that names the key at fault."""
+    engines: dict[str | None, Engine] = {}
+    for name, spec in specs.items():
+        shown = spec.url.render_as_string(hide_password=True)
+        try:
+            engines[name] = sa.create_engine(spec.url, **spec.options)
+        except NoSuchModuleError:
+            raise ConfigurationError(
+                f"{spec.source}: SQLAlchemy has no dialect or driver {spec.url.drivername!r} (URL {shown})"
+            ) from None
+        except ImportError as error:
+            raise ConfigurationError(
+                f"{spec.source}: the database driver for {spec.url.drivername!r}"
+                f" is not installed ({error.name or error}); install it, e.g."
+                " 'pip install psycopg[binary]' or 'pip install pymysql'"
+            ) from None
+        except (TypeError, ArgumentError) as error:
+            key = ENGINE_OPTIONS_KEY if spec.source == URL_KEY else spec.source
+            raise ConfigurationError(f"{key}: invalid engine option: {error}") from None
+    return engines
+
+
+def resolve_session_options(
+    options: Mapping[str, Any], engines: Mapping[str | None, Engine]
+) -> dict[str, Any]:
+    """Return sessionmaker options bound to the default engine, with any bind
+    names in ``binds`` replaced by the engines they name."""
+    resolved = dict(options)
+    resolved.setdefault("bind", engines[None])
+    binds = resolved.get("binds")
+    if binds is not None:
+        resolved["binds"] = {
+            target: _engine_named(engines, bind) if isinstance(bind, str) else bind
+            for target, bind in _mapping(binds, f"{SESSION_OPTIONS_KEY}['binds']").items()
+        }
+    return resolved
+
+
+def _engine_named(engines: Mapping[str | None, Engine], name: str) -> Engine:
+    if name not in engines:
+        known = ", ".join(repr(key) for key in engines if key is not None) or "none"
+        raise ConfigurationError(
+            f"{SESSION_OPTIONS_KEY}['binds'] names bind {name!r}, which"
+            f" {BINDS_KEY} does not define (defined: {known})"
+        )
+    return engines[name]

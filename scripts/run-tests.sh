@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the whole test suite against SQLite, PostgreSQL and MariaDB.
+# Extra arguments go to pytest. Under CI=true an unreachable server fails the run.
+source "$(dirname "$0")/_venv.sh" "test"
+bash "$ROOT/scripts/ensure-services.sh"
+exec python -m pytest "$@"

@@ -1,0 +1,162 @@
+"""Shared fixtures: real database servers, a small model, and an app factory.
+
+Every behaviour runs on SQLite, PostgreSQL and MariaDB. Each test run works
+in databases of its own (created at the start, dropped at the end), so runs
+on the same servers never see each other's tables. A server that cannot be
+reached skips its tests with a one-line reason, except under ``CI=true``,
+where it fails them: a green CI must mean the servers were exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+
+from flask_sessionscope import SessionScope
+
+SERVER_URLS = {
+    "postgresql": os.environ.get("SESSIONSCOPE_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mariadb": os.environ.get("SESSIONSCOPE_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ["sqlite", *SERVER_URLS]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+
+
+def _create_run_database(server_url: str) -> URL:
+    """Create a database for this test run on the server; return its URL."""
+    url = make_url(server_url)
+    name = f"sessionscope_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return url.set(database=name)
+
+
+def _drop_run_database(server_url: str, url: URL) -> None:
+    admin = sa.create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {url.database}{force}")
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def server_databases() -> Iterator[dict[str, URL | str]]:
+    """Per-run database URL for each server, or the reason it is unusable."""
+    found: dict[str, URL | str] = {}
+    for name, server_url in SERVER_URLS.items():
+        try:
+            found[name] = _create_run_database(server_url)
+        except Exception as error:
+            shown = make_url(server_url).render_as_string(hide_password=True)
+            found[name] = f"{name} at {shown} is unreachable: {type(error).__name__}: {str(error).splitlines()[0]}"
+    yield found
+    for name, url in found.items():
+        if isinstance(url, URL):
+            _drop_run_database(SERVER_URLS[name], url)
+
+
+def server_url_or_skip(server_databases: dict[str, URL | str], backend: str) -> URL:
+    url = server_databases[backend]
+    if isinstance(url, str):
+        if IN_CI:
+            pytest.fail(f"CI=true requires a reachable server: {url}", pytrace=False)
+        pytest.skip(url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def database_url(backend: str, server_databases: dict[str, URL | str], tmp_path: Any) -> URL:
+    """A database URL for the backend under test; a fresh file for SQLite."""
+    if backend == "sqlite":
+        return make_url(f"sqlite:///{tmp_path / 'test.db'}")
+    return server_url_or_skip(server_databases, backend)
+
+
+@pytest.fixture
+def observer(database_url: URL) -> Iterator[Engine]:
+    """An engine outside the app, to read what really reached the database."""
+    engine = sa.create_engine(database_url, poolclass=NullPool)
+    yield engine
+    engine.dispose()
+
+
+def stored_keys(engine: Engine) -> list[str]:
+    """The item keys committed to the database, read on a fresh connection."""
+    with engine.connect() as conn:
+        return sorted(conn.scalars(sa.select(Item.key)))
+
+
+class CheckoutCounter:
+    """Counts connections taken from an engine's pool."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.count = 0
+        self.engine = engine
+        sa.event.listen(engine, "checkout", self._on_checkout)
+
+    def _on_checkout(self, *args: Any) -> None:
+        self.count += 1
+
+    @property
+    def checked_out(self) -> int:
+        """Connections currently out of the pool."""
+        return self.engine.pool.checkedout()  # type: ignore[attr-defined, no-any-return]
+
+
+AppFactory = Callable[..., tuple[Flask, SessionScope]]
+
+
+@pytest.fixture
+def make_app(database_url: URL, tmp_path: Any) -> Iterator[AppFactory]:
+    """Build apps with the extension on the backend under test, their tables
+    created; everything is dropped and disposed of at the end."""
+    made: list[tuple[Flask, SessionScope]] = []
+
+    def factory(**config: Any) -> tuple[Flask, SessionScope]:
+        app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+        app.config["SESSIONSCOPE_DATABASE_URL"] = database_url
+        app.config.update(config)
+        db = SessionScope(app)
+        Base.metadata.create_all(_engine_of(app, db))
+        made.append((app, db))
+        return app, db
+
+    yield factory
+    for app, db in made:
+        with app.app_context():
+            Base.metadata.drop_all(db.engine)
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+def _engine_of(app: Flask, db: SessionScope) -> Engine:
+    with app.app_context():
+        return db.engine

@@ -1,0 +1,354 @@
+"""The request semantics: lazy, committed before the response leaves, rolled
+back otherwise, a failed commit is a failed request, always closed."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Response, abort, after_this_request, stream_with_context
+from sqlalchemy.engine import Engine
+
+from .conftest import AppFactory, CheckoutCounter, Item, stored_keys
+
+
+def test_request_without_database_use_checks_out_nothing(make_app: AppFactory) -> None:
+    app, db = make_app()
+
+    @app.get("/")
+    def index() -> str:
+        return "no database here"
+
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    response = app.test_client().get("/")
+    assert response.status_code == 200
+    assert checkouts.count == 0
+
+
+def test_success_is_committed_without_calling_commit(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+    assert app.test_client().post("/items/a").status_code == 201
+    assert stored_keys(observer) == ["a"]
+
+
+def test_redirect_is_committed(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> Response:
+        db.session.add(Item(key=key))
+        return app.redirect("/items", 303)
+
+    assert app.test_client().post("/items/a").status_code == 303
+    assert stored_keys(observer) == ["a"]
+
+
+def test_commit_runs_after_every_after_request_handler(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+
+        @after_this_request
+        def also_write(response: Response) -> Response:
+            db.session.add(Item(key=f"{key}-after-this-request"))
+            return response
+
+        return "ok"
+
+    @app.after_request  # registered after init_app: must still run before the commit
+    def write_more(response: Response) -> Response:
+        db.session.add(Item(key="from-after-request"))
+        return response
+
+    assert app.test_client().post("/items/a").status_code == 200
+    assert stored_keys(observer) == ["a", "a-after-this-request", "from-after-request"]
+
+
+def test_after_request_handler_that_fails_the_response_rolls_back(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        return "ok"
+
+    @app.after_request
+    def reject(response: Response) -> Response:
+        response.status_code = 409
+        return response
+
+    assert app.test_client().post("/items/a").status_code == 409
+    assert stored_keys(observer) == []
+
+
+@pytest.mark.parametrize("status", [400, 404, 422, 500, 503])
+def test_error_status_rolls_back(make_app: AppFactory, observer: Engine, status: int) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        db.session.flush()  # the row is written inside the transaction, then rolled back
+        return "no", status
+
+    assert app.test_client().post("/items/a").status_code == status
+    assert stored_keys(observer) == []
+
+
+def test_abort_rolls_back(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        db.session.flush()
+        abort(403)
+
+    assert app.test_client().post("/items/a").status_code == 403
+    assert stored_keys(observer) == []
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_unhandled_exception_rolls_back(make_app: AppFactory, observer: Engine, propagate: bool) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=propagate)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        db.session.flush()
+        raise ValueError("boom")
+
+    client = app.test_client()
+    if propagate:
+        with pytest.raises(ValueError, match="boom"):
+            client.post("/items/a")
+    else:
+        assert client.post("/items/a").status_code == 500
+    assert stored_keys(observer) == []
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_exception_handled_as_error_response_rolls_back(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.errorhandler(KeyError)
+    def not_found(error: KeyError) -> tuple[str, int]:
+        return "missing", 404
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        db.session.flush()
+        raise KeyError(key)
+
+    assert app.test_client().post("/items/a").status_code == 404
+    assert stored_keys(observer) == []
+
+
+def test_exception_handled_as_success_is_committed(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.errorhandler(LookupError)
+    def fallback(error: LookupError) -> tuple[str, int]:
+        return "handled", 200
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        raise LookupError(key)
+
+    assert app.test_client().post("/items/a").status_code == 200
+    assert stored_keys(observer) == ["a"]
+
+
+def test_after_request_handler_that_raises_rolls_back(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        return "ok"
+
+    @app.after_request
+    def explode(response: Response) -> Response:
+        raise RuntimeError("after_request failed")
+
+    assert app.test_client().post("/items/a").status_code == 500
+    assert stored_keys(observer) == []
+
+
+def test_failed_commit_is_a_500_from_the_apps_error_handler(
+    make_app: AppFactory, observer: Engine, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    seen: list[BaseException | None] = []
+
+    @app.errorhandler(500)
+    def server_error(error: Any) -> tuple[str, int]:
+        seen.append(error.original_exception)
+        return "our own 500 page", 500
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+    client = app.test_client()
+    assert client.post("/items/a").status_code == 201
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. psycopg's "connection was deleted while still open"
+        response = client.post("/items/a")  # duplicate key: fails at flush during the commit
+    assert response.status_code == 500
+    assert response.text == "our own 500 page"
+    assert isinstance(seen[0], sa.exc.IntegrityError)
+    assert checkouts.count == 1
+    assert checkouts.checked_out == 0
+    assert stored_keys(observer) == ["a"]
+    assert client.post("/items/b").status_code == 201  # the app keeps working
+    assert stored_keys(observer) == ["a", "b"]
+    if backend == "postgresql":
+        assert _idle_in_transaction(observer) == 0
+
+
+def _idle_in_transaction(observer: Engine) -> int:
+    with observer.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+            )
+        ) or 0
+
+
+def test_failed_commit_propagates_when_flask_propagates(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app(TESTING=True)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        return "ok"
+
+    client = app.test_client()
+    client.post("/items/a")
+    with pytest.raises(sa.exc.IntegrityError):
+        client.post("/items/a")
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_every_request_gets_a_fresh_session_and_identity_map(make_app: AppFactory) -> None:
+    app, db = make_app()
+    sessions: list[Any] = []
+    loaded: list[Item] = []
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        return "ok"
+
+    @app.get("/items/<key>")
+    def read(key: str) -> str:
+        session = db.session
+        assert len(session.identity_map) == 0
+        assert not any(obj in session for obj in loaded)
+        sessions.append(session)
+        loaded.append(session.scalars(sa.select(Item).filter_by(key=key)).one())
+        return "ok"
+
+    client = app.test_client()
+    client.post("/items/a")
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    for _ in range(3):
+        assert client.get("/items/a").status_code == 200
+        assert checkouts.checked_out == 0
+    assert len({id(s) for s in sessions}) == 3
+
+
+def test_session_is_per_request_even_when_the_app_context_is_shared(make_app: AppFactory) -> None:
+    """pytest-flask keeps one app context for a whole test; each test-client
+    request inside it must still get, and close, a session of its own."""
+    app, db = make_app()
+    sessions: list[Any] = []
+
+    @app.get("/")
+    def index() -> str:
+        sessions.append(db.session)
+        db.session.execute(sa.select(1))
+        return "ok"
+
+    client = app.test_client()
+    with app.test_request_context():
+        outer = db.session
+        for _ in range(2):
+            client.get("/")
+            assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert db.session is outer
+    assert len({id(s) for s in [*sessions, outer]}) == 3
+
+
+def test_streamed_response_is_committed_before_the_body_is_sent(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+    seen_by_generator: list[list[str]] = []
+
+    @app.post("/items/<key>")
+    def create(key: str) -> Response:
+        db.session.add(Item(key=key))
+
+        @stream_with_context
+        def body() -> Any:
+            seen_by_generator.append(stored_keys(observer))  # committed before the first chunk
+            yield "first "
+            yield db.session.scalars(sa.select(Item.key)).one()  # the generator can still read
+
+        return Response(body())
+
+    response = app.test_client().post("/items/a", buffered=False)
+    assert response.status_code == 200
+    assert stored_keys(observer) == ["a"]  # before the body is read
+    assert response.get_data(as_text=True) == "first a"
+    response.close()
+    assert seen_by_generator == [["a"]]
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_writes_after_the_commit_in_a_stream_are_discarded_with_a_warning(
+    make_app: AppFactory, observer: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> Response:
+        db.session.add(Item(key=key))
+
+        @stream_with_context
+        def body() -> Any:
+            yield "ok"
+            db.session.add(Item(key="too-late"))
+            db.session.flush()
+
+        return Response(body())
+
+    with caplog.at_level(logging.WARNING, logger="flask_sessionscope"):
+        response = app.test_client().post("/items/a", buffered=False)
+        assert response.get_data(as_text=True) == "ok"
+        response.close()
+    assert response.status_code == 200
+    assert stored_keys(observer) == ["a"]
+    assert "after the end-of-request commit" in caplog.text
