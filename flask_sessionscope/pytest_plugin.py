@@ -1,1 +1,212 @@
-"""Placeholder: the pytest plugin lands with the testing toolkit (issue 3)."""
+"""pytest fixtures that keep each test's rows away from every other test.
+
+Installed with the package (entry point ``pytest11``) and meant to sit beside
+pytest-flask: the project defines the ``app`` fixture, this plugin adds
+
+- ``db_isolation``: for the whole test, every session of the app's
+  sessionmaker joins one outer transaction per engine, which is rolled back
+  when the test ends. The app's ``commit()`` becomes RELEASE SAVEPOINT and its
+  ``rollback()`` ROLLBACK TO SAVEPOINT, so requests of one test see each
+  other's committed rows and nothing reaches the database for good.
+- ``db_session``: a session inside that same outer transaction, for the test
+  to arrange and inspect rows.
+- the marker ``sessionscope_commit``: the test's writes are really committed
+  (another process, such as pytest-flask's ``live_server``, can see them) and
+  every mapped table is emptied when the test ends.
+
+The module imports only pytest at load time, since pytest loads it into every
+run of every project that has the package installed; Flask and SQLAlchemy are
+imported when a fixture is actually used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+COMMIT_MARKER = "sessionscope_commit"
+
+LIVE_SERVER_MESSAGE = (
+    "db_isolation rolls back the test's writes, so the app running under"
+    " live_server (another process) can never see them; mark the test with"
+    f" @pytest.mark.{COMMIT_MARKER} to commit for real and empty the tables afterwards"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{COMMIT_MARKER}: db_isolation lets the test's writes be committed for"
+        " real and empties every mapped table when the test ends (use with live_server)",
+    )
+
+
+@pytest.fixture
+def db_isolation(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
+    """Undo everything the test wrote to the app's databases.
+
+    Default mode: sessions join an outer transaction per engine that is
+    rolled back at the end. Under ``@pytest.mark.sessionscope_commit``:
+    nothing is wrapped, and the mapped tables are emptied at the end.
+    """
+    factory, engines = _app_database(app)
+    if request.node.get_closest_marker(COMMIT_MARKER) is not None:
+        yield
+        _empty_mapped_tables(factory, engines)
+        return
+    if "live_server" in request.fixturenames:
+        pytest.fail(LIVE_SERVER_MESSAGE, pytrace=False)
+    with ExitStack() as stack:
+        _join_outer_transactions(factory, engines, stack)
+        yield
+
+
+@pytest.fixture
+def db_session(db_isolation: None, app: Flask) -> Iterator[Session]:
+    """A session of the app's sessionmaker, for arranging and checking rows.
+
+    Under ``db_isolation`` its ``commit()`` releases a savepoint inside the
+    test's outer transaction: requests of the same test see the rows, later
+    tests never do. Closed when the test ends.
+    """
+    factory, _ = _app_database(app)
+    session = factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def _app_database(app: Flask) -> tuple[sessionmaker[Session], list[Engine]]:
+    """The app's sessionmaker and every engine its sessions may use."""
+    from sqlalchemy.engine import Engine
+
+    db = app.extensions.get("sessionscope")
+    if db is None:
+        pytest.fail(
+            "db_isolation needs flask-sessionscope set up on the 'app' fixture's app"
+            " (SessionScope(app) or db.init_app(app))",
+            pytrace=False,
+        )
+    with app.app_context():
+        factory: sessionmaker[Session] = db.sessionmaker
+        engines: list[Engine] = list(db.engines.values())
+    # Engines given directly in SESSIONSCOPE_SESSION_OPTIONS['binds'] count too.
+    for bind in (factory.kw.get("bind"), *factory.kw.get("binds", {}).values()):
+        if isinstance(bind, Engine) and bind not in engines:
+            engines.append(bind)
+    return factory, engines
+
+
+def _join_outer_transactions(factory: sessionmaker[Session], engines: list[Engine], stack: ExitStack) -> None:
+    """Begin one outer transaction per engine and point ``factory`` at their
+    connections; ``stack`` undoes all of it, in reverse order, at exit.
+
+    Sessions are bound to a Connection, not to the Engine: only then does
+    ``join_transaction_mode="create_savepoint"`` turn their commits into
+    savepoint releases on every SQLAlchemy 2.x release.
+    """
+    from sqlalchemy import event
+
+    connections = {engine: _begin_outer(engine, stack) for engine in engines}
+    saved = dict(factory.kw)
+    stack.callback(_restore_options, factory, saved)
+    binds = {key: connections.get(bind, bind) for key, bind in saved.get("binds", {}).items()}
+    factory.configure(
+        bind=connections.get(saved["bind"], saved["bind"]),
+        binds=binds,
+        join_transaction_mode="create_savepoint",
+    )
+
+    # pytest-flask pops its request context (closing sessions opened in the
+    # test body) only after this fixture ends: close them before the rollback.
+    opened: list[Session] = []
+
+    def remember(session: Session, *args: Any) -> None:
+        opened.append(session)
+
+    event.listen(factory, "after_begin", remember)
+    stack.callback(_close_all, opened)
+    stack.callback(event.remove, factory, "after_begin", remember)
+
+
+def _begin_outer(engine: Engine, stack: ExitStack) -> Connection:
+    """Check out a connection and begin the test's outer transaction on it."""
+    connection = stack.enter_context(engine.connect())
+    if connection.dialect.name == "sqlite" and connection.dialect.driver == "pysqlite":
+        _begin_sqlite(connection, stack)
+    else:
+        stack.callback(connection.begin().rollback)
+    return connection
+
+
+def _begin_sqlite(connection: Connection, stack: ExitStack) -> None:
+    """pysqlite's default (legacy) mode neither emits BEGIN before SAVEPOINT nor
+    keeps RELEASE inside a transaction. For the test's connection only, turn
+    the driver's own transaction handling off and emit BEGIN ourselves; both
+    are put back before the connection returns to the pool."""
+    import sqlite3
+
+    raw: Any = connection.connection.dbapi_connection
+    legacy = getattr(raw, "autocommit", -1) == getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
+    if legacy and raw.isolation_level is not None:
+        level = raw.isolation_level
+        stack.callback(setattr, raw, "isolation_level", level)
+    if legacy:
+        raw.isolation_level = None
+
+    def rollback() -> None:
+        transaction.rollback()
+        if raw.in_transaction:  # the driver skipped it (autocommit=True, skip_autocommit_rollback)
+            raw.execute("ROLLBACK")
+
+    transaction = connection.begin()
+    stack.callback(rollback)
+    if not raw.in_transaction:
+        connection.exec_driver_sql("BEGIN")
+
+
+def _restore_options(factory: sessionmaker[Session], saved: dict[str, Any]) -> None:
+    factory.kw.clear()
+    factory.kw.update(saved)
+
+
+def _close_all(sessions: list[Session]) -> None:
+    for session in sessions:
+        session.close()
+
+
+def _empty_mapped_tables(factory: sessionmaker[Session], engines: list[Engine]) -> None:
+    """DELETE FROM every table of every declarative model that exists in the
+    database its session bind points to, children before parents.
+
+    All mapped tables, not only the ones this process wrote to: under
+    ``live_server`` the writes happen in another process.
+    """
+    import sqlalchemy as sa
+
+    from ._shell import _registries
+
+    tables: dict[Engine, list[sa.Table]] = {engine: [] for engine in engines}
+    with factory() as session:
+        for reg in _registries():
+            mappers = {mapper.local_table: mapper for mapper in reg.mappers}
+            for table in reg.metadata.tables.values():
+                mapper = mappers.get(table)
+                bind = session.get_bind(mapper) if mapper is not None else session.get_bind(clause=table)
+                if isinstance(bind, sa.Engine) and bind in tables:
+                    tables[bind].append(table)
+    for engine, found in tables.items():
+        with engine.begin() as connection:
+            inspector = sa.inspect(connection)
+            for table in reversed(sa.sql.sort_tables(found)):
+                if inspector.has_table(table.name, schema=table.schema):
+                    connection.execute(table.delete())

@@ -24,7 +24,9 @@ from sqlalchemy.pool import NullPool
 from flask_sessionscope import SessionScope
 
 SERVER_URLS = {
-    "postgresql": os.environ.get("SESSIONSCOPE_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "postgresql": os.environ.get(
+        "SESSIONSCOPE_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
     "mariadb": os.environ.get("SESSIONSCOPE_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 BACKENDS = ["sqlite", *SERVER_URLS]
@@ -46,7 +48,9 @@ def _create_run_database(server_url: str) -> URL:
     """Create a database for this test run on the server; return its URL."""
     url = make_url(server_url)
     name = f"sessionscope_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    admin = sa.create_engine(
+        url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     admin.dispose()
@@ -70,7 +74,9 @@ def server_databases() -> Iterator[dict[str, URL | str]]:
             found[name] = _create_run_database(server_url)
         except Exception as error:
             shown = make_url(server_url).render_as_string(hide_password=True)
-            found[name] = f"{name} at {shown} is unreachable: {type(error).__name__}: {str(error).splitlines()[0]}"
+            found[name] = (
+                f"{name} at {shown} is unreachable: {type(error).__name__}: {str(error).splitlines()[0]}"
+            )
     yield found
     for name, url in found.items():
         if isinstance(url, URL):

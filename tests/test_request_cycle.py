@@ -76,7 +76,9 @@ def test_commit_runs_after_every_after_request_handler(make_app: AppFactory, obs
     assert stored_keys(observer) == ["a", "a-after-this-request", "from-after-request"]
 
 
-def test_after_request_handler_that_fails_the_response_rolls_back(make_app: AppFactory, observer: Engine) -> None:
+def test_after_request_handler_that_fails_the_response_rolls_back(
+    make_app: AppFactory, observer: Engine
+) -> None:
     app, db = make_app()
 
     @app.post("/items/<key>")
@@ -227,12 +229,15 @@ def test_failed_commit_is_a_500_from_the_apps_error_handler(
 
 def _idle_in_transaction(observer: Engine) -> int:
     with observer.connect() as conn:
-        return conn.scalar(
-            sa.text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+        return (
+            conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+                )
             )
-        ) or 0
+            or 0
+        )
 
 
 def test_failed_commit_propagates_when_flask_propagates(make_app: AppFactory, observer: Engine) -> None:
@@ -302,7 +307,9 @@ def test_session_is_per_request_even_when_the_app_context_is_shared(make_app: Ap
     assert len({id(s) for s in [*sessions, outer]}) == 3
 
 
-def test_streamed_response_is_committed_before_the_body_is_sent(make_app: AppFactory, observer: Engine) -> None:
+def test_streamed_response_is_committed_before_the_body_is_sent(
+    make_app: AppFactory, observer: Engine
+) -> None:
     app, db = make_app()
     seen_by_generator: list[list[str]] = []
 

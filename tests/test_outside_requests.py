@@ -1,0 +1,135 @@
+"""Sessions outside requests: bare app contexts (CLI, scripts, jobs),
+``db.transaction()``, ``flask shell``, and no context at all."""
+
+from __future__ import annotations
+
+import click
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.engine import Engine
+
+from flask_sessionscope import SessionScope
+
+from .conftest import AppFactory, CheckoutCounter, Item, stored_keys
+
+
+def test_app_context_session_is_closed_without_commit(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+        db.session.add(Item(key="a"))
+        db.session.flush()
+        assert db.session is db.session
+    assert stored_keys(observer) == []
+    assert checkouts.count == 1
+    assert checkouts.checked_out == 0
+
+
+def test_transaction_commits_on_success(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+    with app.app_context():
+        with db.transaction() as session:
+            session.add(Item(key="a"))
+            assert db.session is session  # code using db.session takes part
+            db.session.add(Item(key="b"))
+        assert stored_keys(observer) == ["a", "b"]
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert db.session is not session  # the block's session is gone
+
+
+def test_transaction_rolls_back_on_exception(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+    with app.app_context(), pytest.raises(ValueError), db.transaction() as session:
+        session.add(Item(key="a"))
+        session.flush()
+        raise ValueError("abandon")
+    assert stored_keys(observer) == []
+
+
+def test_nested_transaction_is_a_savepoint(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+    with app.app_context(), db.transaction() as outer:
+        outer.add(Item(key="kept"))
+        with pytest.raises(ValueError), db.transaction() as inner:
+            assert inner is outer
+            inner.add(Item(key="undone"))
+            inner.flush()
+            raise ValueError("only the inner block fails")
+        with db.transaction():
+            db.session.add(Item(key="inner-kept"))
+    assert stored_keys(observer) == ["inner-kept", "kept"]
+
+
+def test_transaction_in_a_request_is_independent_of_the_request(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        with db.transaction() as audit:
+            audit.add(Item(key=f"{key}-audit"))
+        db.session.add(Item(key=key))
+        return "failed", 400
+
+    assert app.test_client().post("/items/a").status_code == 400
+    assert stored_keys(observer) == ["a-audit"]
+
+
+def test_cli_command_uses_the_session_and_transaction(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+
+    @app.cli.command("add-item")
+    @click.argument("key")
+    def add_item(key: str) -> None:
+        with db.transaction():
+            db.session.add(Item(key=key))
+        db.session.add(Item(key=f"{key}-uncommitted"))
+        click.echo(f"added {key}")
+
+    result = app.test_cli_runner().invoke(args=["add-item", "a"])
+    assert result.exit_code == 0, result.output
+    assert "added a" in result.output
+    assert stored_keys(observer) == ["a"]
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_shell_has_db_and_mapped_classes(make_app: AppFactory) -> None:
+    app, db = make_app()
+    with app.app_context():
+        namespace = app.make_shell_context()
+    assert namespace["db"] is db
+    assert namespace["Item"] is Item
+
+
+def test_session_outside_an_app_context_says_what_to_do(make_app: AppFactory) -> None:
+    _, db = make_app()
+    with pytest.raises(RuntimeError, match=r"app\.app_context\(\)"):
+        db.session  # noqa: B018
+    with pytest.raises(RuntimeError, match=r"app\.app_context\(\)"):
+        db.engine  # noqa: B018
+
+
+def test_one_instance_serves_several_apps(tmp_path: object) -> None:
+    db = SessionScope()
+    apps = []
+    for name in ("one", "two"):
+        app = Flask(name)
+        app.config["SESSIONSCOPE_DATABASE_URL"] = "sqlite://"
+        db.init_app(app)
+        apps.append(app)
+        assert app.extensions["sessionscope"] is db
+    engines = []
+    for app in apps:
+        with app.app_context():
+            engines.append(db.engine)
+            assert db.session.execute(sa.select(1)).scalar() == 1
+    assert engines[0] is not engines[1]
+
+
+def test_session_in_an_app_that_was_not_initialised(make_app: AppFactory) -> None:
+    _, db = make_app()
+    with Flask("other").app_context(), pytest.raises(RuntimeError, match="init_app"):
+        db.session  # noqa: B018
