@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 
 from flask import Response
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from ._failures import CommitInterrupted
 from ._guards import has_unsaved_writes
 from ._scope import ContextScope
 from ._settings import CommitRule
@@ -27,10 +29,22 @@ def should_commit(scope: ContextScope, autocommit: bool, rule: CommitRule, respo
 
 
 def commit_or_discard(session: Session) -> None:
-    """Commit ``session``; if the commit fails, roll back, close the session so
-    its connection returns to the pool, and re-raise the error."""
+    """Commit ``session``; if that fails, roll back and close the session so
+    its connection returns to the pool, then re-raise.
+
+    The flush runs on its own first: a failure there (a constraint, a lost
+    connection) certainly left nothing committed. A connection lost during
+    the COMMIT that follows is different, since the server may have applied
+    it; that case is raised as :class:`CommitInterrupted`.
+    """
     try:
-        session.commit()
+        session.flush()
+        try:
+            session.commit()
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise CommitInterrupted("connection lost during COMMIT") from error
+            raise
     except BaseException:
         close_quietly(session)
         raise

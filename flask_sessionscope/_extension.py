@@ -13,11 +13,15 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, current_app
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _guards
 from ._commit import close_scope, commit_or_discard, should_commit
 from ._errors import ConfigurationError
+from ._failures import answer_unavailability, failure_response
+from ._fork import protect_from_fork
 from ._scope import Context, ContextScope, current_context, ensure_scope, scope_of
 from ._settings import (
     BINDS_KEY,
@@ -76,6 +80,8 @@ class SessionScope:
             )
         settings = read_settings(app.config, app.instance_path)
         engines = create_engines(settings.engines)
+        for engine in engines.values():
+            protect_from_fork(engine)
         try:
             factory = sessionmaker(**resolve_session_options(settings.session_options, engines))
             factory().close()  # let SQLAlchemy reject unknown options now, not at the first request
@@ -92,6 +98,8 @@ class SessionScope:
         app.teardown_request(self._end_request_context)
         app.teardown_appcontext(self._end_app_context)
         app.shell_context_processor(self._shell_context)
+        app.register_error_handler(DBAPIError, answer_unavailability)
+        app.register_error_handler(PoolTimeoutError, answer_unavailability)
 
     # -- public API --------------------------------------------------------
 
@@ -220,13 +228,19 @@ class SessionScope:
         if decision is None:
             return response
         session = scope.session
-        if decision:
-            scope.session = None  # if the commit fails, the session is closed and gone
-            commit_or_discard(session)
-            scope.session = session
-            scope.committed = True
-        else:
+        if not decision:
             session.rollback()
+            return response
+        scope.session = None  # if the commit fails, the session is closed and gone
+        try:
+            commit_or_discard(session)
+        except Exception as error:
+            failed = failure_response(ctx.app, error)
+            if failed is None:
+                raise  # the app's normal error handling turns it into a 500
+            return failed
+        scope.session = session
+        scope.committed = True
         return response
 
     def _end_request_context(self, exc: BaseException | None = None) -> None:

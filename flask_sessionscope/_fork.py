@@ -1,0 +1,33 @@
+"""Keeping pooled connections out of forked children.
+
+A database connection is a socket: if a child process (a gunicorn worker
+forked after ``--preload``, a ``multiprocessing`` worker) used a connection
+its parent opened, both would speak on the same socket and corrupt each
+other's conversation. In the child, right after the fork, every engine the
+extension made drops the pool it inherited without closing those connections
+(closing them would also close them for the parent), as SQLAlchemy
+recommends; the child then opens connections of its own on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+
+from sqlalchemy.engine import Engine
+
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_inherited_pools() -> None:
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+def protect_from_fork(engine: Engine) -> None:
+    """Make ``engine`` start with an empty pool in any child forked later."""
+    _engines.add(engine)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
+    os.register_at_fork(after_in_child=_forget_inherited_pools)

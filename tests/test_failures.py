@@ -1,0 +1,236 @@
+"""Database outages: lost connections, a lost COMMIT, an exhausted pool, a
+database that is down, and forked processes. Faults are real: backends are
+killed by the server, ports are closed, pools are really exhausted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.engine import Engine
+
+from flask_sessionscope import SessionScope
+
+from .conftest import AppFactory, CheckoutCounter, Item, stored_keys
+from .test_concurrency import request, serve  # noqa: F401  (fixture)
+
+
+def connection_id(session: Any, backend: str) -> int:
+    """The server's id for the connection ``session`` is using."""
+    query = "SELECT pg_backend_pid()" if backend == "postgresql" else "SELECT CONNECTION_ID()"
+    return int(session.scalar(sa.text(query)))
+
+
+def kill_connection(observer: Engine, backend: str, pid: int) -> None:
+    """Have the server terminate connection ``pid``, from another connection."""
+    with observer.connect() as conn:
+        if backend == "postgresql":
+            assert conn.scalar(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+        else:
+            conn.exec_driver_sql(f"KILL CONNECTION {pid}")
+
+
+def kill_backend_of(session: Any, observer: Engine, backend: str) -> None:
+    """Have the server terminate the connection ``session`` is using."""
+    kill_connection(observer, backend, connection_id(session, backend))
+
+
+@pytest.fixture
+def server_backend(backend: str) -> str:
+    if backend == "sqlite":
+        pytest.skip("SQLite has no server connection to lose")
+    return backend
+
+
+def test_lost_connection_during_a_request_is_a_503_and_the_next_request_works(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        if key == "killed":
+            kill_backend_of(db.session, observer, server_backend)
+            db.session.execute(sa.select(1))
+        return "created", 201
+
+    client = app.test_client()
+    assert client.post("/items/a").status_code == 201
+    response = client.post("/items/killed")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "Traceback" not in response.text
+    assert client.post("/items/b").status_code == 201  # no restart of the app needed
+    assert stored_keys(observer) == ["a", "b"]
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_lost_connection_during_commit_is_a_502_with_unknown_outcome(
+    make_app: AppFactory, observer: Engine, server_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    doomed: list[int] = []
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        db.session.flush()
+        if key == "doomed":
+            doomed.append(connection_id(db.session, server_backend))
+        return "created", 201
+
+    with app.app_context():
+
+        @sa.event.listens_for(db.engine, "commit")
+        def drop_connection(conn: Any) -> None:
+            # Just before the COMMIT goes out, the server drops the connection.
+            if doomed:
+                kill_connection(observer, server_backend, doomed.pop())
+
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
+        response = client.post("/items/doomed")
+    assert response.status_code == 502
+    assert "commit outcome unknown" in caplog.text
+    assert stored_keys(observer) == []  # the server never saw the COMMIT
+    assert client.post("/items/b").status_code == 201
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_apps_own_503_page_is_used_and_gets_retry_after(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    app, db = make_app()
+
+    @app.errorhandler(503)
+    def busy(error: Any) -> tuple[str, int]:
+        return "our busy page", 503
+
+    @app.get("/")
+    def index() -> str:
+        kill_backend_of(db.session, observer, server_backend)
+        db.session.execute(sa.select(1))
+        return "unreachable"
+
+    response = app.test_client().get("/")
+    assert (response.status_code, response.text) == (503, "our busy page")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_exhausted_pool_is_a_503_not_a_hang(make_app: AppFactory, serve: Any) -> None:  # noqa: F811
+    app, db = make_app(
+        PROPAGATE_EXCEPTIONS=False,
+        SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5},
+    )
+    holding = threading.Event()
+    release = threading.Event()
+
+    @app.get("/hold")
+    def hold() -> str:
+        db.session.execute(sa.select(1))
+        holding.set()
+        release.wait(20)
+        return "held"
+
+    @app.get("/read")
+    def read() -> str:
+        db.session.execute(sa.select(1))
+        return "read"
+
+    port = serve(app)
+    holder = threading.Thread(target=request, args=(port, "GET", "/hold"))
+    holder.start()
+    try:
+        assert holding.wait(10)
+        status, body = request(port, "GET", "/read")
+        assert status == 503
+        assert "Traceback" not in body
+    finally:
+        release.set()
+        holder.join()
+    assert request(port, "GET", "/read") == (200, "read")
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://u@127.0.0.1:1/db", "mysql+pymysql://u@127.0.0.1:1/db"])
+def test_database_down_is_a_503_and_other_pages_keep_working(url: str) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        SESSIONSCOPE_DATABASE_URL=url,
+        SESSIONSCOPE_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}},
+    )
+    db = SessionScope(app)
+
+    @app.get("/data")
+    def data() -> str:
+        db.session.execute(sa.select(1))
+        return "unreachable"
+
+    @app.get("/health")
+    def health() -> str:
+        return "alive"
+
+    client = app.test_client()
+    response = client.get("/data")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert client.get("/health").status_code == 200
+
+
+def test_integrity_error_in_a_view_stays_a_500(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        db.session.flush()
+        return "created", 201
+
+    client = app.test_client()
+    client.post("/items/a")
+    assert client.post("/items/a").status_code == 500
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_never_reuses_the_parents_connections(make_app: AppFactory, backend: str) -> None:
+    app, db = make_app()
+    identify = {
+        "sqlite": "SELECT 1",
+        "postgresql": "SELECT pg_backend_pid()",
+        "mariadb": "SELECT CONNECTION_ID()",
+    }[backend]
+
+    @app.get("/who")
+    def who() -> str:
+        return str(db.session.scalar(sa.text(identify)))
+
+    client = app.test_client()
+    parent_id = client.get("/who").text  # leaves a connection in the parent's pool
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+        connects: list[object] = []
+        sa.event.listen(db.engine, "connect", lambda *args: connects.append(args))
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            answer = client.get("/who")
+            os.write(write_end, f"{answer.status_code} {answer.text} {len(connects)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    status, child_id, child_connects = os.read(read_end, 200).decode().split()
+    os.waitpid(child, 0)
+    assert status == "200"
+    assert child_connects == "1"  # the child opened its own connection
+    if backend != "sqlite":
+        assert child_id != parent_id
+    assert client.get("/who").text == parent_id  # the parent's connection still works
+    assert checkouts.checked_out == 0
