@@ -49,6 +49,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    """Before pytest-flask's ``live_server`` forks the server process, empty
+    the app's connection pools: a pooled connection inherited by the child
+    would be shared by two processes."""
+    if fixturedef.argname == "live_server":
+        app = request.getfixturevalue("app")
+        db = app.extensions.get("sessionscope")
+        if db is not None:
+            with app.app_context():
+                for engine in db.engines.values():
+                    engine.dispose()
+    return (yield)
+
+
 @pytest.fixture
 def db_isolation(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
     """Undo everything the test wrote to the app's databases.
@@ -192,10 +207,11 @@ def _empty_mapped_tables(factory: sessionmaker[Session], engines: list[Engine]) 
     ``live_server`` the writes happen in another process.
     """
     import sqlalchemy as sa
+    from sqlalchemy.schema import sort_tables
 
     from ._shell import _registries
 
-    tables: dict[Engine, list[sa.Table]] = {engine: [] for engine in engines}
+    tables: dict[Engine, dict[sa.Table, None]] = {engine: {} for engine in engines}
     with factory() as session:
         for reg in _registries():
             mappers = {mapper.local_table: mapper for mapper in reg.mappers}
@@ -203,10 +219,10 @@ def _empty_mapped_tables(factory: sessionmaker[Session], engines: list[Engine]) 
                 mapper = mappers.get(table)
                 bind = session.get_bind(mapper) if mapper is not None else session.get_bind(clause=table)
                 if isinstance(bind, sa.Engine) and bind in tables:
-                    tables[bind].append(table)
+                    tables[bind][table] = None
     for engine, found in tables.items():
         with engine.begin() as connection:
             inspector = sa.inspect(connection)
-            for table in reversed(sa.sql.sort_tables(found)):
+            for table in reversed(sort_tables(found)):
                 if inspector.has_table(table.name, schema=table.schema):
                     connection.execute(table.delete())
