@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app
+from flask.ctx import RequestContext
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -27,7 +28,9 @@ from ._settings import (
     BINDS_KEY,
     SESSION_OPTIONS_KEY,
     CommitRule,
+    autocommit_variants,
     create_engines,
+    read_only_binds,
     read_settings,
     resolve_session_options,
 )
@@ -36,6 +39,7 @@ from ._shell import mapped_classes
 View = TypeVar("View", bound=Callable[..., Any])
 
 EXTENSION_KEY = "sessionscope"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class _AppState:
     sessionmaker: sessionmaker[Session]
     autocommit: bool
     commit_rule: CommitRule
+    read_only_safe_methods: bool
+    #: AUTOCOMMIT variants of the engines, for read-only sessions.
+    autocommit_engines: dict[Engine, Engine]
 
 
 class SessionScope:
@@ -88,7 +95,14 @@ class SessionScope:
         except TypeError as error:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
-        self._states[app] = _AppState(engines, factory, settings.autocommit, settings.commit_rule)
+        self._states[app] = _AppState(
+            engines,
+            factory,
+            settings.autocommit,
+            settings.commit_rule,
+            settings.read_only_safe_methods,
+            autocommit_variants(engines),
+        )
         app.extensions[EXTENSION_KEY] = self
 
         # Flask runs app-wide after_request functions last-registered-first, so
@@ -211,9 +225,12 @@ class SessionScope:
             ) from None
 
     def _new_session(self, ctx: Context, scope: ContextScope) -> Session:
-        session = self._state(ctx.app).sessionmaker()
-        if scope.read_only:
-            _guards.mark_read_only(session)
+        state = self._state(ctx.app)
+        factory = state.sessionmaker
+        if not (scope.read_only or (state.read_only_safe_methods and _is_safe_request(ctx))):
+            return factory()
+        session = factory(**read_only_binds(factory.kw, state.autocommit_engines))
+        _guards.mark_read_only(session)
         return session
 
     def _end_request(self, response: Response) -> Response:
@@ -253,6 +270,10 @@ class SessionScope:
 
     def _shell_context(self) -> dict[str, Any]:
         return {**mapped_classes(), "db": self}
+
+
+def _is_safe_request(ctx: Context) -> bool:
+    return isinstance(ctx, RequestContext) and ctx.request.method in _SAFE_METHODS
 
 
 def _close_context(ctx: Context | None) -> None:

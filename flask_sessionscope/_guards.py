@@ -7,9 +7,10 @@ session costs nothing extra to create.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import TextClause, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
 
 from ._errors import ReadOnlySessionError
@@ -43,10 +44,31 @@ def _refuse_flush(session: Session, flush_context: UOWTransaction, instances: An
 
 
 def _refuse_dml(state: ORMExecuteState) -> None:
-    if (state.is_insert or state.is_update or state.is_delete) and state.session.info.get(READ_ONLY):
+    if state.session.info.get(READ_ONLY) and (
+        state.is_insert or state.is_update or state.is_delete or _is_textual_write(state.statement)
+    ):
         raise ReadOnlySessionError(
-            "this session is read-only (@read_only view) and refuses INSERT, UPDATE and DELETE"
+            "this session is read-only (@read_only view) and refuses INSERT, UPDATE, DELETE and other writes"
         )
+
+
+_READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "EXPLAIN", "VALUES", "TABLE", "DESCRIBE", "DESC"})
+_WRITING_WORDS = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|MERGE|REPLACE|CREATE|DROP|ALTER|TRUNCATE)\b", re.IGNORECASE
+)
+
+
+def _is_textual_write(statement: Any) -> bool:
+    """Whether a ``text()`` statement may write: anything that does not start
+    with a reading keyword, or a WITH query that names a writing command.
+    Conservative on purpose: a read-only session may run on a connection that
+    commits every statement, so a missed write would be permanent."""
+    if not isinstance(statement, TextClause):
+        return False
+    words = statement.text.split(None, 1)
+    if not words or words[0].upper() not in _READING_KEYWORDS:
+        return True
+    return words[0].upper() == "WITH" and bool(_WRITING_WORDS.search(statement.text))
 
 
 def _note_flush(session: Session, flush_context: UOWTransaction) -> None:

@@ -29,6 +29,7 @@ BINDS_KEY = "SESSIONSCOPE_BINDS"
 SESSION_OPTIONS_KEY = "SESSIONSCOPE_SESSION_OPTIONS"
 AUTOCOMMIT_KEY = "SESSIONSCOPE_AUTOCOMMIT"
 COMMIT_RULE_KEY = "SESSIONSCOPE_COMMIT_RULE"
+READ_ONLY_SAFE_METHODS_KEY = "SESSIONSCOPE_READ_ONLY_SAFE_METHODS"
 
 #: Flask-SQLAlchemy's names, read when ours are absent so an app can move over
 #: without touching its configuration.
@@ -67,6 +68,7 @@ class Settings:
     session_options: dict[str, Any]
     autocommit: bool
     commit_rule: CommitRule
+    read_only_safe_methods: bool = False
 
 
 def _lookup(config: Mapping[str, Any], key: str) -> tuple[str, Any]:
@@ -174,16 +176,22 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
             f"{SESSION_OPTIONS_KEY}['bind'] cannot name a bind; the default engine comes from {URL_KEY}"
         )
 
-    autocommit = config.get(AUTOCOMMIT_KEY, True)
-    if not isinstance(autocommit, bool):
-        raise ConfigurationError(f"{AUTOCOMMIT_KEY} must be True or False, not {autocommit!r}")
+    autocommit = _flag(config, AUTOCOMMIT_KEY, True)
+    read_only_safe_methods = _flag(config, READ_ONLY_SAFE_METHODS_KEY, False)
     commit_rule = config.get(COMMIT_RULE_KEY) or default_commit_rule
     if not callable(commit_rule):
         raise ConfigurationError(
             f"{COMMIT_RULE_KEY} must be a callable that takes the response and"
             f" returns True to commit, not {type(commit_rule).__name__}"
         )
-    return Settings(engines, session_options, autocommit, commit_rule)
+    return Settings(engines, session_options, autocommit, commit_rule, read_only_safe_methods)
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, not {value!r}")
+    return value
 
 
 def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, Engine]:
@@ -234,3 +242,40 @@ def _engine_named(engines: Mapping[str | None, Engine], name: str) -> Engine:
             f" {BINDS_KEY} does not define (defined: {known})"
         )
     return engines[name]
+
+
+#: Backends whose drivers run each statement in its own transaction when the
+#: connection is in AUTOCOMMIT mode, saving BEGIN and ROLLBACK round trips.
+#: SQLite is left out: it has no round trips to save, and an in-memory
+#: database shares one connection that must not change mode under others.
+_AUTOCOMMIT_BACKENDS = frozenset({"postgresql", "mysql", "mariadb", "mssql", "oracle"})
+
+
+def autocommit_variants(engines: Mapping[str | None, Engine]) -> dict[Engine, Engine]:
+    """For each engine that supports it, a variant whose connections run in
+    AUTOCOMMIT mode; SQLAlchemy restores the normal mode when a connection
+    goes back to the pool."""
+    return {
+        engine: engine.execution_options(isolation_level="AUTOCOMMIT")
+        for engine in engines.values()
+        if engine.url.get_backend_name() in _AUTOCOMMIT_BACKENDS
+    }
+
+
+def read_only_binds(session_options: Mapping[str, Any], variants: Mapping[Engine, Engine]) -> dict[str, Any]:
+    """Session arguments that put a read-only session on AUTOCOMMIT engines.
+
+    Empty (keep the normal binds) unless every engine the sessionmaker is
+    bound to has such a variant, e.g. when a test fixture has rebound the
+    sessionmaker to a connection inside a transaction.
+    """
+    bind = session_options.get("bind")
+    binds = session_options.get("binds") or {}
+    if not isinstance(bind, Engine) or bind not in variants:
+        return {}
+    if not all(target in variants for target in binds.values()):
+        return {}
+    fast: dict[str, Any] = {"bind": variants[bind]}
+    if binds:
+        fast["binds"] = {mapped: variants[target] for mapped, target in binds.items()}
+    return fast
