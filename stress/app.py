@@ -1,0 +1,155 @@
+"""The app the stress run serves from gunicorn: one table, one write view
+whose fault the client picks per request, a view that never touches the
+database, and a pool probe.
+
+Configured from environment variables, because gunicorn imports it in a
+separate process (``stress.app:create_app()``):
+
+- ``STRESS_DATABASE_URL`` (required): the run's own PostgreSQL database.
+- ``STRESS_POOL_SIZE`` (5), ``STRESS_POOL_TIMEOUT`` (1.0 s): the pool, with
+  no overflow, so concurrent requests outnumber its connections.
+- ``STRESS_PRE_PING`` ("0"): ``pool_pre_ping`` on or off.
+- ``STRESS_WARM_POOL`` ("0"): open a connection while the app is built; with
+  gunicorn ``--preload`` the parent then holds a pooled connection when it
+  forks the workers, which must never use it.
+
+Every log record goes to stderr as one JSON line, so that the runner can
+tell the errors it provoked on purpose from anything else (see
+``stress.checks``). Python warnings are routed into logging too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import sqlalchemy as sa
+from flask import Flask, jsonify, request
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from flask_sessionscope import SessionScope
+
+#: ``application_name`` of the app's connections: the backend killer and the
+#: leak checks select the app's backends by it, and nothing else.
+APPLICATION_NAME = "sessionscope-stress"
+
+#: A key stored before the run starts; the ``dup`` fault writes it again so
+#: that the request's commit fails on the unique constraint.
+DUPLICATE_KEY = "duplicate-seed"
+
+#: The faults a client can ask the write view for.
+FAULTS = ("ok", "raise", "reject", "dup", "sleep")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Row(Base):
+    __tablename__ = "stress_rows"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+
+
+class InjectedFault(Exception):
+    """Raised on purpose by the ``raise`` fault; its log record is expected."""
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record, traceback included, on a single line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc_mro: list[str] = []
+        exc_text = ""
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_mro = [f"{cls.__module__}.{cls.__qualname__}" for cls in record.exc_info[0].__mro__]
+            exc_text = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(
+            {
+                "logger": record.name,
+                "level": record.levelname,
+                "message": record.getMessage(),
+                "exc_type": exc_mro[0] if exc_mro else "",
+                "exc_mro": exc_mro,
+                "exc_text": exc_text,
+                "pid": os.getpid(),
+                "time": record.created,
+            }
+        )
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    warnings.simplefilter("default")
+    logging.captureWarnings(True)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def create_app() -> Flask:
+    """Build the stress app from the ``STRESS_*`` environment variables."""
+    _configure_logging()
+    app = Flask(__name__)
+    app.config["SESSIONSCOPE_DATABASE_URL"] = os.environ["STRESS_DATABASE_URL"]
+    app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = {
+        "pool_size": int(os.environ.get("STRESS_POOL_SIZE", "5")),
+        "max_overflow": 0,
+        "pool_timeout": float(os.environ.get("STRESS_POOL_TIMEOUT", "1.0")),
+        "pool_pre_ping": _env_flag("STRESS_PRE_PING"),
+        "connect_args": {"application_name": APPLICATION_NAME, "connect_timeout": 2},
+    }
+    db = SessionScope(app)
+
+    if _env_flag("STRESS_WARM_POOL"):
+        with app.app_context(), db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    @app.post("/write/<key>")
+    def write(key: str) -> tuple[str, int]:
+        """Store a row under the client's key, then do what ``fault`` says.
+
+        - ok: flush, answer 201 (committed after the view);
+        - raise: flush, then raise (500, rolled back);
+        - reject: flush, then answer 409 (rolled back);
+        - dup: also add the seeded key without flushing, so the end-of-request
+          commit fails on the unique constraint (500, nothing stored);
+        - sleep: flush, then hold the connection for ``ms`` milliseconds
+          before answering 201, to keep the pool exhausted.
+        """
+        fault = request.args.get("fault", "ok")
+        db.session.add(Row(key=key))
+        if fault == "dup":
+            db.session.add(Row(key=DUPLICATE_KEY))
+            return "written", 201
+        db.session.flush()
+        if fault == "raise":
+            raise InjectedFault(f"injected fault after writing {key}")
+        if fault == "reject":
+            return "rejected after writing", 409
+        if fault == "sleep":
+            time.sleep(int(request.args.get("ms", "500")) / 1000)
+        return "written", 201
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        """Never touches the database: must answer while it is down."""
+        return "ok"
+
+    @app.get("/_pool")
+    def pool() -> object:
+        """This worker's pid and how many connections its pool has lent out."""
+        return jsonify(pid=os.getpid(), checkedout=db.engine.pool.checkedout())  # type: ignore[attr-defined]
+
+    return app

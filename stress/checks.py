@@ -1,0 +1,256 @@
+"""What a stress run checks once the traffic has stopped.
+
+- Durability, read on a fresh connection: a key answered 2xx is stored
+  exactly once; a key answered 4xx, 500 or 503 is absent. A 502 (the
+  connection was lost during COMMIT, "commit outcome unknown") and a request
+  that got no HTTP answer at all are counted apart, as present or absent.
+- The answers follow the documented contract (see ``EXPECTED``), a 503 has
+  ``Retry-After``, no error page shows a traceback, and the view that does
+  not use the database always answered.
+- Leaks: no backend of the app is left ``idle in transaction``, every
+  worker's pool has nothing checked out, and the server's stderr holds no
+  log record or line beyond the expected ones (see :func:`classify_record`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from .app import APPLICATION_NAME, DUPLICATE_KEY
+from .load import Outcome, admin_engine
+
+#: The statuses each kind of request may get. 503: the database was
+#: unreachable or the pool exhausted; 502: the connection died during COMMIT.
+EXPECTED: dict[str, set[int]] = {
+    "ok": {201, 502, 503},
+    "sleep": {201, 502, 503},
+    "raise": {500, 503},
+    "reject": {409, 503},
+    # The unique violation surfaces inside the commit; a connection lost at
+    # that moment may fairly be reported either way.
+    "dup": {500, 502, 503},
+    "nodb": {200},
+}
+
+#: Text that must never appear in the server's stderr, wherever it is.
+FORBIDDEN = ("deleted while still open", "ResourceWarning", "SAWarning", "garbage collector")
+
+#: Exceptions that mean "the database went away" (killed backend, restart).
+DISCONNECTS = {"sqlalchemy.exc.OperationalError", "sqlalchemy.exc.TimeoutError", "psycopg.OperationalError"}
+
+GUNICORN_INFO = re.compile(r"^\[[^]]+\] \[\d+\] \[INFO\] ")
+
+
+@dataclass
+class Report:
+    """Counts and findings of one run; ``failures`` decides the exit code."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[tuple[str, str]] = field(default_factory=Counter)
+    unknown_present: int = 0
+    unknown_absent: int = 0
+    no_answer_present: int = 0
+    no_answer_absent: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
+    log_kinds: Counter[str] = field(default_factory=Counter)
+    stored_rows: int = 0
+
+    @property
+    def failures(self) -> int:
+        return len(self.mismatches) + len(self.violations) + len(self.leaks)
+
+
+def _status_label(outcome: Outcome) -> str:
+    return str(outcome.status) if outcome.status is not None else f"no answer ({outcome.error})"
+
+
+def check_answers(outcomes: Iterable[Outcome], report: Report) -> None:
+    """Tally the answers and flag those outside the contract."""
+    violations: Counter[str] = Counter()
+    for outcome in outcomes:
+        label = _status_label(outcome)
+        report.statuses[label] += 1
+        report.by_kind[(outcome.kind, label)] += 1
+        if outcome.status is None:
+            continue
+        if outcome.status not in EXPECTED[outcome.kind]:
+            violations[f"{outcome.kind} request answered {outcome.status}"] += 1
+        if outcome.status == 503 and not outcome.retry_after:
+            violations["503 without Retry-After"] += 1
+        if outcome.traceback_in_body:
+            violations[f"traceback in the body of a {outcome.status}"] += 1
+    report.violations.extend(f"{text}: {count}" for text, count in sorted(violations.items()))
+
+
+def check_rows(outcomes: Iterable[Outcome], url: URL, report: Report) -> None:
+    """Compare every write's answer with what the table holds."""
+    engine = admin_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = dict(
+                conn.execute(sa.text("SELECT key, count(*) FROM stress_rows GROUP BY key")).tuples().all()
+            )
+    finally:
+        engine.dispose()
+    stored.pop(DUPLICATE_KEY, None)
+    report.stored_rows = sum(stored.values())
+    sent = set()
+    for outcome in outcomes:
+        if outcome.key is None:
+            continue
+        sent.add(outcome.key)
+        copies = stored.get(outcome.key, 0)
+        where = f"key {outcome.key} ({outcome.kind}, {_status_label(outcome)}, {_span(outcome)})"
+        if outcome.status is None:
+            if copies:
+                report.no_answer_present += 1
+            else:
+                report.no_answer_absent += 1
+        elif outcome.status == 502:
+            if copies:
+                report.unknown_present += 1
+            else:
+                report.unknown_absent += 1
+        elif 200 <= outcome.status < 300:
+            if copies != 1:
+                report.mismatches.append(f"{where}: stored {copies} times, expected once")
+        elif copies:
+            report.mismatches.append(f"{where}: stored although the answer was {outcome.status}")
+    for key in sorted(set(stored) - sent):
+        report.mismatches.append(f"key {key} is stored but no client sent it")
+
+
+def _span(outcome: Outcome) -> str:
+    return f"sent {time.strftime('%H:%M:%S', time.localtime(outcome.started))}, took {outcome.ended - outcome.started:.3f}s"
+
+
+def check_idle_in_transaction(url: URL, report: Report, settle: float = 10.0) -> None:
+    """No backend of the app may stay ``idle in transaction`` once the
+    traffic has stopped (a request still finishing gets ``settle`` seconds)."""
+    engine = admin_engine(url)
+    query = sa.text(
+        "SELECT pid, state, now() - state_change, left(query, 80) FROM pg_stat_activity"
+        " WHERE application_name = :app AND state LIKE 'idle in transaction%'"
+    )
+    try:
+        deadline = time.monotonic() + settle
+        while True:
+            with engine.connect() as conn:
+                rows = conn.execute(query, {"app": APPLICATION_NAME}).all()
+            if not rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    finally:
+        engine.dispose()
+    for pid, state, age, last_query in rows:
+        report.leaks.append(f"backend {pid} is {state} for {age} (last query: {last_query!r})")
+
+
+def check_pools(port: int, worker_pids: set[int], report: Report, settle: float = 10.0) -> None:
+    """Every worker's pool must have nothing checked out. Each probe lands on
+    whichever worker accepts it, so probe until every worker answered 0 (or
+    the time is up)."""
+    latest: dict[int, int] = {}
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/_pool", headers={"Connection": "close"})
+            answer = json.loads(conn.getresponse().read())
+            latest[answer["pid"]] = answer["checkedout"]
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        finally:
+            conn.close()
+        if worker_pids <= set(latest) and not any(latest.values()):
+            return
+        time.sleep(0.02)
+    for pid in sorted(worker_pids - set(latest)):
+        report.leaks.append(f"worker {pid} never answered the pool probe, its pool is unchecked")
+    for pid, count in sorted(latest.items()):
+        if count:
+            report.leaks.append(f"worker {pid}'s pool still has {count} connection(s) checked out")
+
+
+def classify_record(record: dict[str, object]) -> str | None:
+    """Name an expected log record's kind; None for an unexpected one.
+
+    Expected, because the run provokes them on purpose:
+
+    - "commit outcome unknown" from ``flask_sessionscope`` (the 502 case);
+    - Flask's "Exception on ..." for the ``raise`` fault (``InjectedFault``)
+      and for the ``dup`` fault's failed commit (``IntegrityError``);
+    - a record from ``flask_sessionscope`` or SQLAlchemy's pool whose
+      exception is a disconnect (a killed backend or a restart, found while
+      rolling back or closing), or with no exception at WARNING or below.
+    """
+    logger = str(record.get("logger", ""))
+    message = str(record.get("message", ""))
+    mro = record.get("exc_mro") or []
+    assert isinstance(mro, list)
+    exc_type = mro[0] if mro else ""
+    if logger == "flask_sessionscope" and "commit outcome unknown" in message:
+        return "commit outcome unknown"
+    if logger == "stress.app" and message.startswith("Exception on "):
+        if exc_type == "stress.app.InjectedFault":
+            return "injected fault (raise)"
+        if exc_type == "sqlalchemy.exc.IntegrityError":
+            return "unique violation at commit (dup)"
+        return None
+    if logger == "flask_sessionscope" or logger.startswith("sqlalchemy.pool"):
+        if DISCONNECTS & set(mro):
+            return f"{logger} {record.get('level')}: {message[:60]} [{exc_type}]"
+        if not mro and record.get("level") in ("DEBUG", "INFO", "WARNING"):
+            return f"{logger} {record.get('level')}: {message[:60]}"
+    return None
+
+
+def check_server_log(text: str, report: Report, limit: int = 20) -> None:
+    """Sort the server's stderr into expected records and leaks."""
+    unexpected: list[str] = []
+    for line in text.splitlines():
+        for word in FORBIDDEN:
+            if word in line:
+                report.leaks.append(f"server stderr mentions {word!r}: {line[:300]}")
+        if not line.strip() or GUNICORN_INFO.match(line):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            unexpected.append(line)
+            continue
+        kind = classify_record(record) if isinstance(record, dict) else None
+        if kind is None:
+            unexpected.append(line)
+        else:
+            report.log_kinds[kind] += 1
+    for line in unexpected[:limit]:
+        report.leaks.append(f"unexpected server log: {_shorten(line)}")
+    if len(unexpected) > limit:
+        report.leaks.append(f"... and {len(unexpected) - limit} more unexpected server log lines")
+
+
+def _shorten(line: str) -> str:
+    """A JSON record as 'logger level message [exception]: last traceback line'."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:300]
+    if not isinstance(record, dict):
+        return line[:300]
+    tail = str(record.get("exc_text", "")).strip().splitlines()[-1:] or [""]
+    return (
+        f"{record.get('logger')} {record.get('level')} pid={record.get('pid')}"
+        f" t={record.get('time')}: {str(record.get('message'))[:200]} [{tail[0][:200]}]"
+    )

@@ -1,0 +1,337 @@
+"""Run the load-and-fault suite: ``python -m stress.run --short`` (CI) or
+``python -m stress.run --restart`` (the long run, by hand).
+
+Creates a throw-away PostgreSQL database, serves :mod:`stress.app` from
+gunicorn (gthread workers) on a free 127.0.0.1 port, drives it from this
+process with concurrent clients while killing the app's backends (and, with
+``--restart``, restarting PostgreSQL once), then runs the checks of
+:mod:`stress.checks`, prints the counts and exits 1 on any mismatch,
+contract violation or leak. The database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from . import checks
+from .app import DUPLICATE_KEY, Base
+from .load import (
+    MIX,
+    Budget,
+    FaultLog,
+    Outcome,
+    Recorder,
+    kill_backends,
+    restart_server,
+    run_clients,
+    squeeze_pool,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_URL = os.environ.get(
+    "SESSIONSCOPE_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stress.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", action="store_true", help="CI size: 3,000 requests, at most 90 s")
+    parser.add_argument("--requests", type=int, help="requests to send (default 20,000; 3,000 with --short)")
+    parser.add_argument(
+        "--seconds", type=float, help="wall-time bound of the traffic (default 900; 90 with --short)"
+    )
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--threads", type=int, default=16, help="threads per worker (default 16)")
+    parser.add_argument(
+        "--pool-size", type=int, default=5, help="pool size per worker, no overflow (default 5)"
+    )
+    parser.add_argument("--pool-timeout", type=float, default=1.0, help="pool timeout in seconds (default 1)")
+    parser.add_argument("--pre-ping", action="store_true", help="turn on pool_pre_ping")
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="gunicorn --preload, with a pooled connection opened before the workers fork",
+    )
+    parser.add_argument(
+        "--kill-interval",
+        type=float,
+        default=0.5,
+        help="mean seconds between backend kills; 0 turns them off",
+    )
+    parser.add_argument(
+        "--squeeze-interval",
+        type=float,
+        default=4.0,
+        help="seconds between bursts of requests that hold more connections than the pools have; 0: none",
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="restart PostgreSQL once, mid-run (disturbs every user of it)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the clients' random choices")
+    parser.add_argument(
+        "--server-url", default=SERVER_URL, help="PostgreSQL URL to create the run's database with"
+    )
+    args = parser.parse_args(argv)
+    args.requests = args.requests or (3_000 if args.short else 20_000)
+    args.seconds = args.seconds or (90.0 if args.short else 900.0)
+    return args
+
+
+def create_database(server_url: str) -> URL:
+    """Create the run's database with its table and the seeded duplicate key."""
+    url = make_url(server_url)
+    name = f"sessionscope_stress_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    url = url.set(database=name)
+    engine = sa.create_engine(url, poolclass=NullPool)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO stress_rows (key) VALUES (:key)"), {"key": DUPLICATE_KEY})
+    engine.dispose()
+    return url
+
+
+def drop_database(server_url: str, url: URL) -> None:
+    admin = sa.create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+    admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(args: argparse.Namespace, url: URL, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start gunicorn with the stress app; return once it answers."""
+    env = {
+        **os.environ,
+        "STRESS_DATABASE_URL": url.render_as_string(hide_password=False),
+        "STRESS_POOL_SIZE": str(args.pool_size),
+        "STRESS_POOL_TIMEOUT": str(args.pool_timeout),
+        "STRESS_PRE_PING": "1" if args.pre_ping else "0",
+        "STRESS_WARM_POOL": "1" if args.preload else "0",
+        "PYTHONWARNINGS": "default",
+    }
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "--worker-class", "gthread",
+        "--workers", str(args.workers),
+        "--threads", str(args.threads),
+        "--bind", f"127.0.0.1:{port}",
+        "--timeout", "60",
+        "--graceful-timeout", "20",
+        "--chdir", str(ROOT),
+        "--config", str(ROOT / "stress" / "gunicorn_conf.py"),
+        "--no-control-socket",
+        *(["--preload"] if args.preload else []),
+        "stress.app:create_app()",
+    ]  # fmt: skip
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {server.returncode}; see {log_path}")
+        if len(worker_pids(server)) == args.workers and _answers(port):
+            return server
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"gunicorn did not answer within 30 s; see {log_path}")
+
+
+def _answers(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/nodb")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def worker_pids(server: subprocess.Popen[bytes]) -> set[int]:
+    """The gunicorn master's current worker processes (Linux /proc)."""
+    try:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(pid) for pid in children.split()}
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """Gracefully stop gunicorn (SIGTERM), killing it if it hangs."""
+    if server.poll() is not None:
+        return
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    url = create_database(args.server_url)
+    log_path = Path(tempfile.mkdtemp(prefix="sessionscope-stress-")) / "gunicorn.log"
+    report = checks.Report()
+    faults = FaultLog()
+    try:
+        port = free_port()
+        server = start_server(args, url, port, log_path)
+        try:
+            budget = Budget(requests=args.requests, seconds=args.seconds)
+            stop = threading.Event()
+            fault_threads = []
+            if args.kill_interval > 0:
+                fault_threads.append(
+                    threading.Thread(
+                        target=kill_backends, args=(url, args.kill_interval, stop, faults, args.seed)
+                    )
+                )
+            if args.restart:
+                fault_threads.append(threading.Thread(target=restart_server, args=(budget, stop, faults)))
+            recorder = Recorder()
+            if args.squeeze_interval > 0:
+                holders = args.workers * (args.pool_size + 1)
+                hold_ms = int(args.pool_timeout * 2000)
+                fault_threads.append(
+                    threading.Thread(
+                        target=squeeze_pool,
+                        args=(port, budget, stop, recorder, faults, holders, hold_ms, args.squeeze_interval),
+                    )
+                )
+            for thread in fault_threads:
+                thread.start()
+            run_clients(port, args.clients, budget, args.seed, recorder)
+            elapsed = time.monotonic() - budget.started
+            stop.set()
+            for thread in fault_threads:
+                thread.join()
+            outcomes = recorder.sorted()
+            checks.check_answers(outcomes, report)
+            checks.check_idle_in_transaction(url, report)
+            workers = worker_pids(server)
+            checks.check_pools(port, workers, report)
+        finally:
+            stop_server(server)
+        checks.check_rows(outcomes, url, report)
+        log_text = log_path.read_text(errors="replace")
+        checks.check_server_log(log_text, report)
+        booted = log_text.count("Booting worker with pid")
+        if booted != args.workers:
+            report.leaks.append(f"gunicorn booted {booted} workers for {args.workers}: a worker died or hung")
+        if args.restart:
+            check_restart(outcomes, faults, report)
+        print_report(args, outcomes, faults, report, elapsed, log_path)
+    finally:
+        drop_database(args.server_url, url)
+    return 1 if report.failures else 0
+
+
+def check_restart(outcomes: list[Outcome], faults: FaultLog, report: checks.Report) -> None:
+    """The restart happened, and writes succeeded again after it."""
+    if not faults.restarts:
+        report.violations.append("--restart was asked for but the run ended before the restart")
+        return
+    report.violations.extend(faults.restart_errors)
+    _down, back = faults.restarts[0]
+    if not any(o.status == 201 and o.started >= back for o in outcomes):
+        report.violations.append("no write succeeded after PostgreSQL came back")
+
+
+def print_report(
+    args: argparse.Namespace,
+    outcomes: list[Outcome],
+    faults: FaultLog,
+    report: checks.Report,
+    elapsed: float,
+    log_path: Path,
+) -> None:
+    kinds = Counter(outcome.kind for outcome in outcomes)
+    print(
+        f"stress run: {len(outcomes)} requests by {args.clients} clients in {elapsed:.1f} s"
+        f" ({len(outcomes) / elapsed:.0f}/s); gunicorn gthread {args.workers} workers x {args.threads}"
+        f" threads; pool {args.pool_size}/worker, no overflow, timeout {args.pool_timeout} s,"
+        f" pre_ping {'on' if args.pre_ping else 'off'}, preload {'on' if args.preload else 'off'}"
+    )
+    print("requests by kind: " + ", ".join(f"{kind} {kinds[kind]}" for kind in MIX))
+    print(
+        f"faults: backend kill rounds {faults.kill_rounds} ({faults.backends_killed} backends killed,"
+        f" {faults.kill_errors} rounds failed to connect); pool squeezes {faults.squeezes};"
+        f" PostgreSQL restarts {len(faults.restarts)}"
+    )
+    for down, back in faults.restarts:
+        first = min((o.ended for o in outcomes if o.status == 201 and o.started >= back), default=None)
+        nodb = Counter(
+            checks._status_label(o)
+            for o in outcomes
+            if o.kind == "nodb" and o.started <= back and o.ended >= down
+        )
+        recovery = f"first 201 {first - back:.2f} s after it was back" if first else "no 201 afterwards"
+        print(
+            f"  restart: down for {back - down:.1f} s; {recovery};"
+            f" /nodb during the restart: {dict(nodb) or 'none sent'}"
+        )
+    groups: Counter[str] = Counter()
+    for label, count in report.statuses.items():
+        groups[label[0] + "xx" if label[0].isdigit() else "no answer"] += count
+    print("answers: " + ", ".join(f"{group} {count}" for group, count in sorted(groups.items())))
+    print(
+        "  by status: " + ", ".join(f"{label}: {count}" for label, count in sorted(report.statuses.items()))
+    )
+    for kind in MIX:
+        row = {label: count for (k, label), count in report.by_kind.items() if k == kind}
+        print(f"  {kind:>6}: " + ", ".join(f"{label}: {count}" for label, count in sorted(row.items())))
+    print(
+        f"commit outcome unknown (502): present {report.unknown_present}, absent {report.unknown_absent};"
+        f" no HTTP answer: present {report.no_answer_present}, absent {report.no_answer_absent}"
+    )
+    print(f"rows stored: {report.stored_rows}")
+    print("expected server log records:")
+    for kind, count in sorted(report.log_kinds.items()):
+        print(f"  {count:6d}  {kind}")
+    for title, findings in (
+        ("mismatches", report.mismatches),
+        ("contract violations", report.violations),
+        ("leaks", report.leaks),
+    ):
+        print(f"{title}: {len(findings)}")
+        for finding in findings[:30]:
+            print(f"  - {finding}")
+        if len(findings) > 30:
+            print(f"  ... and {len(findings) - 30} more")
+    print(f"server log: {log_path}")
+    print("RESULT: " + ("FAILED" if report.failures else "OK"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
