@@ -50,6 +50,19 @@ def commit_or_discard(session: Session) -> None:
         raise
 
 
+def roll_back(session: Session) -> None:
+    """Roll back ``session``. A connection lost before the rollback took
+    nothing with it that was committed, so the request keeps its answer; the
+    session is closed so that its dead connection leaves the pool."""
+    try:
+        session.rollback()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        logger.warning("the database connection was lost before the rollback; nothing was committed")
+        close_quietly(session)
+
+
 def close_quietly(session: Session) -> None:
     """Close ``session``, rolling back anything uncommitted; log instead of
     raising, because this runs in teardown where an error would hide the

@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _guards
-from ._commit import close_scope, commit_or_discard, should_commit
+from ._commit import close_scope, commit_or_discard, roll_back, should_commit
 from ._errors import ConfigurationError
 from ._failures import answer_unavailability, failure_response
 from ._fork import protect_from_fork
@@ -246,7 +246,7 @@ class SessionScope:
             return response
         session = scope.session
         if not decision:
-            session.rollback()
+            roll_back(session)
             return response
         scope.session = None  # if the commit fails, the session is closed and gone
         try:

@@ -32,11 +32,6 @@ def postgresql(backend: str) -> str:
     return backend
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: _end_request calls session.rollback() unguarded; on a killed connection it raises"
-    " OperationalError from after_request and turns the view's 409 into a 500",
-)
 def test_rejected_request_on_a_killed_connection_keeps_its_answer(
     make_app: AppFactory, observer: Engine, postgresql: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -57,11 +52,6 @@ def test_rejected_request_on_a_killed_connection_keeps_its_answer(
     assert app.test_client().post("/items/b").status_code == 409  # the pool recovered
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the unguarded end-of-request rollback fails on a killed connection, and Flask logs"
-    " 'Request finalizing failed with an error while handling an error' with a traceback",
-)
 def test_failing_request_on_a_killed_connection_logs_only_its_own_error(
     make_app: AppFactory, observer: Engine, postgresql: str, caplog: pytest.LogCaptureFixture
 ) -> None:
