@@ -49,21 +49,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
-    """Before pytest-flask's ``live_server`` forks the server process, empty
-    the app's connection pools: a pooled connection inherited by the child
-    would be shared by two processes."""
-    if fixturedef.argname == "live_server":
-        app = request.getfixturevalue("app")
-        db = app.extensions.get("sessionscope")
-        if db is not None:
-            with app.app_context():
-                for engine in db.engines.values():
-                    engine.dispose()
-    return (yield)
-
-
 @pytest.fixture
 def db_isolation(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
     """Undo everything the test wrote to the app's databases.

@@ -19,6 +19,9 @@ from sqlalchemy.pool import NullPool
 from flask_sessionscope import SessionScope
 
 DATABASE_URL = {url!r}
+ENGINE_OPTIONS = {engine_options!r}
+SQLITE_BEGIN_RECIPE = {sqlite_begin_recipe!r}
+AUDIT_URL = {audit_url!r}
 IN_MEMORY = DATABASE_URL == "sqlite://"
 
 
@@ -40,6 +43,14 @@ class Book(Base):
     shelf: Mapped[Shelf] = relationship()
 
 
+class AuditEntry(Base):
+    """Lives in a second database (bind "audit"): one outer transaction per engine."""
+
+    __tablename__ = "plugin_audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    what: Mapped[str] = mapped_column(sa.String(80))
+
+
 db = SessionScope()
 
 
@@ -51,7 +62,21 @@ def shelf(name="main"):
 def create_app():
     app = Flask(__name__)
     app.config["SESSIONSCOPE_DATABASE_URL"] = DATABASE_URL
+    app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = ENGINE_OPTIONS
+    app.config["SESSIONSCOPE_BINDS"] = {{"audit": AUDIT_URL}}
+    app.config["SESSIONSCOPE_SESSION_OPTIONS"] = {{"binds": {{AuditEntry: "audit"}}}}
     db.init_app(app)
+    if SQLITE_BEGIN_RECIPE:  # the app already runs pysqlite with SQLAlchemy emitting BEGIN
+        with app.app_context():
+            engine = db.engine
+
+        @sa.event.listens_for(engine, "connect")
+        def no_driver_transactions(dbapi_connection, record):
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def emit_begin(connection):
+            connection.exec_driver_sql("BEGIN")
 
     @app.get("/books")
     def books():
@@ -60,7 +85,12 @@ def create_app():
     @app.post("/books/<title>")
     def add_book(title):
         db.session.add(Book(title=title, shelf=shelf()))
+        db.session.add(AuditEntry(what="added " + title))
         return "created", 201
+
+    @app.get("/audit")
+    def audit():
+        return sorted(db.session.scalars(sa.select(AuditEntry.what)))
 
     @app.post("/manual/<title>")
     @db.manual_commit
@@ -98,7 +128,8 @@ def create_app():
         db.session.commit()
 
     with app.app_context():
-        Base.metadata.create_all(db.engine)
+        Base.metadata.create_all(db.engine, tables=[Shelf.__table__, Book.__table__])
+        Base.metadata.create_all(db.get_engine("audit"), tables=[AuditEntry.__table__])
     return app
 
 
@@ -141,14 +172,19 @@ import sqlalchemy as sa
 from conftest import Book, Shelf, db
 
 
-def titles(client):
-    response = client.get("/books")
+def titles(client, path="/books"):
+    response = client.get(path)
     assert response.status_code == 200
     return response.get_json()
 
 
-def test_client_commits_are_seen_by_later_requests_only(client, db_isolation, committed):
+def assert_empty(client):
     assert titles(client) == []
+    assert titles(client, "/audit") == []
+
+
+def test_client_commits_are_seen_by_later_requests_only(client, db_isolation, committed):
+    assert_empty(client)
     assert client.post("/books/a").status_code == 201
     assert client.post("/books/b").status_code == 201
     assert titles(client) == ["a", "b"]
@@ -156,15 +192,16 @@ def test_client_commits_are_seen_by_later_requests_only(client, db_isolation, co
 
 
 def test_failed_commit_is_a_500_and_the_test_goes_on(client, db_isolation):
-    assert titles(client) == []
+    assert_empty(client)
     assert client.post("/books/a").status_code == 201
     assert client.post("/books/a").status_code == 500
     assert client.post("/books/b").status_code == 201
     assert titles(client) == ["a", "b"]
+    assert titles(client, "/audit") == ["added a", "added b"]
 
 
 def test_manual_commit_rollback_and_nested_transactions(client, db_isolation):
-    assert titles(client) == []
+    assert_empty(client)
     assert client.post("/manual/m").status_code == 200
     assert client.post("/rollback/r").status_code == 200
     assert client.post("/nested/n").status_code == 201
@@ -172,7 +209,7 @@ def test_manual_commit_rollback_and_nested_transactions(client, db_isolation):
 
 
 def test_db_session_rows_are_shared_with_requests(client, db_session):
-    assert titles(client) == []
+    assert_empty(client)
     db_session.add(Book(title="arranged", shelf=Shelf(name="arranged")))
     db_session.commit()
     assert titles(client) == ["arranged"]
@@ -182,7 +219,7 @@ def test_db_session_rows_are_shared_with_requests(client, db_session):
 
 def test_test_client_app_context_and_cli(app, db_isolation, committed):
     client = app.test_client()
-    assert titles(client) == []
+    assert_empty(client)
     with client:
         assert client.post("/books/client").status_code == 201
     with app.app_context():
@@ -197,7 +234,7 @@ def test_test_client_app_context_and_cli(app, db_isolation, committed):
 
 
 def test_test_body_session_of_pytest_flask_request_context(client, db_isolation):
-    assert titles(client) == []
+    assert_empty(client)
     db.session.add(Book(title="body", shelf=Shelf(name="body")))
     db.session.commit()
     assert titles(client) == ["body"]
@@ -205,7 +242,7 @@ def test_test_body_session_of_pytest_flask_request_context(client, db_isolation)
 
 @pytest.mark.sessionscope_commit
 def test_commit_mode_really_commits(client, db_isolation, committed):
-    assert titles(client) == []
+    assert_empty(client)
     assert client.post("/books/real").status_code == 201
     assert titles(client) == ["real"]
     assert committed() in (["real"], None)
@@ -213,7 +250,7 @@ def test_commit_mode_really_commits(client, db_isolation, committed):
 
 @pytest.mark.parametrize("title", ["p1", "p2", "p3"])
 def test_many_small_tests(client, db_isolation, title):
-    assert titles(client) == []
+    assert_empty(client)
     assert client.post(f"/books/{title}").status_code == 201
 """
 
@@ -236,6 +273,10 @@ def test_live_server_sees_committed_rows(db_isolation, db_session, live_server):
     db_session.add(Book(title="live", shelf=Shelf(name="live")))
     db_session.commit()
     assert get_json(live_server.url("/books")) == ["live"]
+    request = urllib.request.Request(live_server.url("/books/posted"), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+    assert get_json(live_server.url("/audit")) == ["added posted"]
 
 
 def test_rollback_mode_refuses_live_server(db_isolation, live_server):

@@ -1,28 +1,50 @@
 """The pytest plugin, tested the way a user meets it: pytester runs a small
 project's test suite (``_project.py``) in both orders on each backend, and
-the database is checked afterwards from a connection of our own."""
+the databases are checked afterwards from connections of our own.
+
+The project has two binds: the backend under test, and an "audit" SQLite
+file, so every run also checks one outer transaction per engine.
+"""
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import NullPool
 
 from ._project import CONFTEST, INI, LIVE_TESTS, TESTS
 
 pytest_plugins = ["pytester"]
 
-PROJECT_TABLES = ("plugin_books", "plugin_shelves")  # children first
+MAIN_TABLES = ("plugin_books", "plugin_shelves")  # children first
 PASSED_PER_RUN = 10
+FIRST_TEST = "test_client_commits_are_seen_by_later_requests_only"
 
 
-def write_project(pytester: pytest.Pytester, url: str) -> None:
-    pytester.makeconftest(CONFTEST.format(url=url))
+def write_project(
+    pytester: pytest.Pytester,
+    url: str,
+    engine_options: dict[str, Any] | None = None,
+    sqlite_begin_recipe: bool = False,
+) -> str:
+    """Write the project for database ``url``; return its audit bind's URL."""
+    audit_url = "sqlite://" if url == "sqlite://" else f"sqlite:///{pytester.path / 'audit.db'}"
+    conftest = CONFTEST.format(
+        url=url,
+        audit_url=audit_url,
+        engine_options=engine_options or {},
+        sqlite_begin_recipe=sqlite_begin_recipe,
+    )
+    pytester.makeconftest(conftest)
     pytester.makeini(INI)
     pytester.makepyfile(test_books=TESTS)
+    return audit_url
 
 
 def run_order(result: pytest.RunResult) -> list[str]:
@@ -30,48 +52,76 @@ def run_order(result: pytest.RunResult) -> list[str]:
     return [m.group(1) for line in result.outlines if (m := re.match(r"test_books\.py::(\S+) PASSED", line))]
 
 
-def rows_left(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {table: conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0 for table in PROJECT_TABLES}
+def rows_left(url: str | URL, tables: tuple[str, ...]) -> dict[str, int]:
+    """Row counts read on a new connection: what really reached the database."""
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return {table: conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0 for table in tables}
+    finally:
+        engine.dispose()
+
+
+def assert_nothing_stored(url: str | URL, audit_url: str) -> None:
+    assert rows_left(url, MAIN_TABLES) == dict.fromkeys(MAIN_TABLES, 0)
+    assert rows_left(audit_url, ("plugin_audit",)) == {"plugin_audit": 0}
 
 
 @pytest.fixture
-def project_tables(observer: Engine) -> Iterator[Engine]:
-    """Drop the project's tables afterwards: server databases are shared by the whole run."""
-    yield observer
+def project_url(database_url: URL, observer: Engine) -> Iterator[str]:
+    """The backend's URL for the project; its tables are dropped afterwards,
+    since server databases are shared by the whole run."""
+    yield database_url.render_as_string(hide_password=False)
     with observer.begin() as conn:
-        for table in PROJECT_TABLES:
+        for table in MAIN_TABLES:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
 
 @pytest.mark.parametrize("order", ["forward", "reversed"])
-def test_no_test_sees_rows_of_another(
-    pytester: pytest.Pytester, database_url: URL, project_tables: Engine, order: str
-) -> None:
-    write_project(pytester, database_url.render_as_string(hide_password=False))
-    args = ["-v"] + (["--reverse-order"] if order == "reversed" else [])
-    result = pytester.runpytest_inprocess(*args)
+def test_no_test_sees_rows_of_another(pytester: pytest.Pytester, project_url: str, order: str) -> None:
+    audit_url = write_project(pytester, project_url)
+    result = pytester.runpytest_inprocess("-v", *(["--reverse-order"] if order == "reversed" else []))
     result.assert_outcomes(passed=PASSED_PER_RUN)
     names = run_order(result)
-    first = "test_client_commits_are_seen_by_later_requests_only"
-    assert (names[0] == first) == (order == "forward"), names
-    assert rows_left(project_tables) == {table: 0 for table in PROJECT_TABLES}
+    assert (names[0] == FIRST_TEST) == (order == "forward"), names
+    assert_nothing_stored(project_url, audit_url)
 
 
 @pytest.mark.parametrize("order", ["forward", "reversed"])
 def test_no_test_sees_rows_of_another_in_memory_sqlite(pytester: pytest.Pytester, order: str) -> None:
     write_project(pytester, "sqlite://")
-    args = ["-v"] + (["--reverse-order"] if order == "reversed" else [])
-    result = pytester.runpytest_inprocess(*args)
+    result = pytester.runpytest_inprocess("-v", *(["--reverse-order"] if order == "reversed" else []))
     result.assert_outcomes(passed=PASSED_PER_RUN)
+    assert (run_order(result)[0] == FIRST_TEST) == (order == "forward")
 
 
-def test_live_server_needs_commit_mode(
-    pytester: pytest.Pytester, database_url: URL, project_tables: Engine
-) -> None:
-    write_project(pytester, database_url.render_as_string(hide_password=False))
+SQLITE_MODES: dict[str, dict[str, Any]] = {
+    "driver-default": {},
+    "begin-recipe": {},
+    "autocommit-false": {"connect_args": {"autocommit": False}},
+}
+
+
+@pytest.mark.parametrize("mode", SQLITE_MODES)
+def test_sqlite_driver_transaction_modes(pytester: pytest.Pytester, mode: str) -> None:
+    """The app's own pysqlite setup is respected: the legacy default, the
+    documented event recipe (SQLAlchemy emits BEGIN), and Python 3.12's
+    ``autocommit=False``."""
+    if mode == "autocommit-false" and sys.version_info < (3, 12):
+        pytest.skip("sqlite3's autocommit attribute exists from Python 3.12")
+    url = f"sqlite:///{pytester.path / 'modes.db'}"
+    audit_url = write_project(pytester, url, SQLITE_MODES[mode], sqlite_begin_recipe=mode == "begin-recipe")
+    pytester.runpytest_inprocess().assert_outcomes(passed=PASSED_PER_RUN)
+    assert_nothing_stored(url, audit_url)
+
+
+def test_live_server_needs_commit_mode(pytester: pytest.Pytester, project_url: str) -> None:
+    """Under the commit marker the server process sees the test's rows, and
+    the tables are emptied afterwards; rollback mode with live_server is an
+    error that names the marker."""
+    audit_url = write_project(pytester, project_url)
     pytester.makepyfile(test_live=LIVE_TESTS)
     result = pytester.runpytest_inprocess("test_live.py")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*db_isolation rolls back*@pytest.mark.sessionscope_commit*"])
-    assert rows_left(project_tables) == {table: 0 for table in PROJECT_TABLES}
+    assert_nothing_stored(project_url, audit_url)
