@@ -57,6 +57,17 @@ class Row(Base):
     key: Mapped[str] = mapped_column(sa.String(64), unique=True)
 
 
+#: With ``STRESS_WARM_POOL``: the process that built the app (the gunicorn
+#: master under ``--preload``) and the addresses of the DBAPI connections it
+#: opened. A forked worker inherits them but must not use them; when it drops
+#: them, psycopg warns that they were "deleted while still open" (it rightly
+#: leaves a connection of another process alone). Log records of such
+#: warnings are marked ``inherited`` so that the runner can tell them from a
+#: leak of the worker's own.
+BUILDER_PID = os.getpid()
+INHERITED: set[str] = set()
+
+
 class InjectedFault(Exception):
     """Raised on purpose by the ``raise`` fault; its log record is expected."""
 
@@ -79,6 +90,8 @@ class JsonLineFormatter(logging.Formatter):
                 "exc_mro": exc_mro,
                 "exc_text": exc_text,
                 "pid": os.getpid(),
+                "inherited": os.getpid() != BUILDER_PID
+                and any(address in record.getMessage() for address in INHERITED),
                 "time": record.created,
             }
         )
@@ -113,8 +126,12 @@ def create_app() -> Flask:
     db = SessionScope(app)
 
     if _env_flag("STRESS_WARM_POOL"):
-        with app.app_context(), db.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        global BUILDER_PID
+        BUILDER_PID = os.getpid()
+        with app.app_context():
+            sa.event.listen(db.engine, "connect", lambda dbapi_conn, _: INHERITED.add(hex(id(dbapi_conn))))
+            with db.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
 
     @app.post("/write/<key>")
     def write(key: str) -> tuple[str, int]:

@@ -11,6 +11,7 @@ pool, is not closed here, and still triggers it.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from flask import Flask
@@ -22,6 +23,13 @@ def _dispose(app: Any) -> None:
     with app.app_context():
         for engine in app.extensions["sessionscope"].engines.values():
             engine.dispose()
+
+
+def post_worker_init(worker: Any) -> None:
+    """In a new worker: collect now whatever it inherited and dropped (the
+    master's pooled connections under ``--preload``), while logging still
+    works, rather than at some later garbage collection."""
+    gc.collect()
 
 
 def worker_exit(server: Any, worker: Any) -> None:
