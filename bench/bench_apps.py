@@ -14,8 +14,8 @@ Shared by ``bench/requests.py`` (which calls ``app.wsgi_app`` directly) and
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from flask import Flask, abort, g
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+#: The PostgreSQL server the benchmarks create their database on.
+POSTGRESQL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 #: Rows seeded before a run; the page view reads the first PAGE_SIZE of them.
 SEED_ROWS = 50
 PAGE_SIZE = 20
@@ -52,6 +54,28 @@ def prepare_database(url: str | sa.URL) -> None:
             conn.execute(sa.insert(BenchItem), [{"name": f"item {n}"} for n in range(1, SEED_ROWS + 1)])
     finally:
         engine.dispose()
+
+
+@contextmanager
+def postgresql_database(server_url: str) -> Iterator[str]:
+    """A database of this run's own on the server, dropped at the end."""
+    server = sa.make_url(server_url)
+    name = f"sessionscope_bench_{os.getpid()}"
+    admin = sa.create_engine(
+        server, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        try:
+            url = server.set(database=name)
+            prepare_database(url)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.dispose()
 
 
 def _page_query() -> sa.Select[tuple[BenchItem]]:

@@ -53,8 +53,6 @@ import bench_apps
 import sqlalchemy as sa
 from werkzeug.test import EnvironBuilder
 
-POSTGRESQL_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
 
 @dataclass(frozen=True)
 class Scenario:
@@ -422,28 +420,6 @@ def sqlite_database() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@contextmanager
-def postgresql_database(server_url: str) -> Iterator[str]:
-    """A database of this run's own on the server, dropped at the end."""
-    server = sa.make_url(server_url)
-    name = f"sessionscope_bench_{os.getpid()}"
-    admin = sa.create_engine(
-        server, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        try:
-            url = server.set(database=name)
-            bench_apps.prepare_database(url)
-            yield url.render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.dispose()
-
-
 # -- report ------------------------------------------------------------------------
 
 
@@ -566,7 +542,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="warm-up requests per scenario (default 200)")
     parser.add_argument("--contenders", default=",".join(c.key for c in bench_apps.CONTENDERS))
     parser.add_argument(
-        "--postgresql", default=POSTGRESQL_SERVER, help="server URL (a database is created on it)"
+        "--postgresql", default=bench_apps.POSTGRESQL_SERVER, help="server URL (a database is created on it)"
     )
     parser.add_argument(
         "--smoke", action="store_true", help="one short round on SQLite only, to check the script runs"
@@ -605,7 +581,7 @@ def main(argv: list[str]) -> int:
             if backend == "sqlite":
                 label, database = "SQLite", sqlite_database()
             else:
-                label, database = "PostgreSQL", postgresql_database(args.postgresql)
+                label, database = "PostgreSQL", bench_apps.postgresql_database(args.postgresql)
             with database as url:
                 started = time.perf_counter()
                 count_round_trips(url, settings, results)
