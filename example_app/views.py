@@ -27,8 +27,10 @@ def index() -> str:
     what the previous POST committed, if anything."""
     session = db.session
     accounts = ledger.list_accounts(session)
-    opened = session.get(Account, request.args.get("account", type=int) or 0)
-    transferred = session.get(Transfer, request.args.get("transfer", type=int) or 0)
+    opened_id = request.args.get("account", type=int)
+    transfer_id = request.args.get("transfer", type=int)
+    opened = None if opened_id is None else session.get(Account, opened_id)
+    transferred = None if transfer_id is None else session.get(Transfer, transfer_id)
     return render_template(
         "index.html",
         accounts=accounts,
