@@ -99,6 +99,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def server_backend(backend: str) -> str:
+    """The backend under test, for behaviours only a database server has
+    (lost connections, AUTOCOMMIT round trips); SQLite is skipped."""
+    if backend == "sqlite":
+        pytest.skip("needs a database server: SQLite has no connection to lose and no round trips to save")
+    return backend
+
+
+@pytest.fixture
 def database_url(backend: str, server_databases: dict[str, URL | str], tmp_path: Any) -> URL:
     """A database URL for the backend under test; a fresh file for SQLite."""
     if backend == "sqlite":

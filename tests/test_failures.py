@@ -40,13 +40,6 @@ def kill_backend_of(session: Any, observer: Engine, backend: str) -> None:
     kill_connection(observer, backend, connection_id(session, backend))
 
 
-@pytest.fixture
-def server_backend(backend: str) -> str:
-    if backend == "sqlite":
-        pytest.skip("SQLite has no server connection to lose")
-    return backend
-
-
 def test_lost_connection_during_a_request_is_a_503_and_the_next_request_works(
     make_app: AppFactory, observer: Engine, server_backend: str
 ) -> None:

@@ -30,13 +30,6 @@ def runs_in_a_transaction(session: sa.orm.Session, backend: str) -> bool:
     return bool(session.scalar(sa.text(IN_TRANSACTION[backend])))
 
 
-@pytest.fixture
-def server_backend(backend: str) -> str:
-    if backend == "sqlite":
-        pytest.skip("SQLite keeps the transactional path: it has no round trips to save")
-    return backend
-
-
 def test_read_only_view_reads_outside_a_transaction_and_returns_a_clean_connection(
     make_app: AppFactory, observer: Engine, server_backend: str
 ) -> None:
