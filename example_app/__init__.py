@@ -5,7 +5,10 @@ none of it is.
 
 Run it with ``flask --app example_app run`` (or ``scripts/run-example.sh``).
 It stores its data in ``instance/ledger.db`` (SQLite); set ``DATABASE_URL``
-to use PostgreSQL or MariaDB instead.
+to use PostgreSQL or MariaDB instead, with the driver installed, e.g.::
+
+    SESSIONSCOPE_PIP_EXTRA='psycopg[binary]' \
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/ledger ./scripts/run-example.sh
 """
 
 from __future__ import annotations
