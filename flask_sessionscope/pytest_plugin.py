@@ -58,14 +58,15 @@ def db_isolation(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
     nothing is wrapped, and the mapped tables are emptied at the end.
     """
     factory, engines = _app_database(app)
-    if request.node.get_closest_marker(COMMIT_MARKER) is not None:
-        yield
-        _empty_mapped_tables(factory, engines)
-        return
-    if "live_server" in request.fixturenames:
+    commit_mode = request.node.get_closest_marker(COMMIT_MARKER) is not None
+    if not commit_mode and "live_server" in request.fixturenames:
         pytest.fail(LIVE_SERVER_MESSAGE, pytrace=False)
     with ExitStack() as stack:
-        _join_outer_transactions(factory, engines, stack)
+        if commit_mode:
+            stack.callback(_empty_mapped_tables, factory, engines)
+        else:
+            _join_outer_transactions(factory, engines, stack)
+        _close_sessions_at_exit(factory, stack)
         yield
 
 
@@ -114,8 +115,6 @@ def _join_outer_transactions(factory: sessionmaker[Session], engines: list[Engin
     ``join_transaction_mode="create_savepoint"`` turn their commits into
     savepoint releases on every SQLAlchemy 2.x release.
     """
-    from sqlalchemy import event
-
     connections = {engine: _begin_outer(engine, stack) for engine in engines}
     saved = dict(factory.kw)
     stack.callback(_restore_options, factory, saved)
@@ -126,12 +125,21 @@ def _join_outer_transactions(factory: sessionmaker[Session], engines: list[Engin
         join_transaction_mode="create_savepoint",
     )
 
-    # pytest-flask pops its request context (closing sessions opened in the
-    # test body) only after this fixture ends: close them before the rollback.
-    opened: list[Session] = []
+
+def _close_sessions_at_exit(factory: sessionmaker[Session], stack: ExitStack) -> None:
+    """Close, first thing at exit, every session of ``factory`` that began a
+    transaction during the test.
+
+    pytest-flask pops its request context (and so closes a session used in
+    the test body) only after this fixture has ended; left open, such a
+    session would hold locks that the cleanup then waits for.
+    """
+    from sqlalchemy import event
+
+    opened: set[Session] = set()
 
     def remember(session: Session, *args: Any) -> None:
-        opened.append(session)
+        opened.add(session)
 
     event.listen(factory, "after_begin", remember)
     stack.callback(_close_all, opened)
@@ -179,7 +187,7 @@ def _restore_options(factory: sessionmaker[Session], saved: dict[str, Any]) -> N
     factory.kw.update(saved)
 
 
-def _close_all(sessions: list[Session]) -> None:
+def _close_all(sessions: set[Session]) -> None:
     for session in sessions:
         session.close()
 

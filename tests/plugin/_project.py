@@ -63,7 +63,7 @@ def create_app():
     app = Flask(__name__)
     app.config["SESSIONSCOPE_DATABASE_URL"] = DATABASE_URL
     app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = ENGINE_OPTIONS
-    app.config["SESSIONSCOPE_BINDS"] = {{"audit": AUDIT_URL}}
+    app.config["SESSIONSCOPE_BINDS"] = {{"audit": {{"url": AUDIT_URL, "connect_args": {{}}}}}}
     app.config["SESSIONSCOPE_SESSION_OPTIONS"] = {{"binds": {{AuditEntry: "audit"}}}}
     db.init_app(app)
     if SQLITE_BEGIN_RECIPE:  # the app already runs pysqlite with SQLAlchemy emitting BEGIN
@@ -246,6 +246,15 @@ def test_commit_mode_really_commits(client, db_isolation, committed):
     assert client.post("/books/real").status_code == 201
     assert titles(client) == ["real"]
     assert committed() in (["real"], None)
+
+
+@pytest.mark.sessionscope_commit
+def test_commit_mode_with_work_left_pending_in_the_test_body(client, db_isolation):
+    assert_empty(client)
+    assert client.post("/books/kept").status_code == 201
+    # Locks the committed shelf row until the session is closed; the cleanup must not wait for it.
+    db.session.add(Book(title="pending", shelf=db.session.scalar(sa.select(Shelf))))
+    db.session.flush()
 
 
 @pytest.mark.parametrize("title", ["p1", "p2", "p3"])

@@ -23,7 +23,11 @@ from ._project import CONFTEST, INI, LIVE_TESTS, TESTS
 pytest_plugins = ["pytester"]
 
 MAIN_TABLES = ("plugin_books", "plugin_shelves")  # children first
-PASSED_PER_RUN = 10
+PASSED_PER_RUN = 11
+LOCK_TIMEOUTS: dict[str, dict[str, Any]] = {
+    "postgresql": {"connect_args": {"options": "-c lock_timeout=10s"}},
+    "mysql": {"connect_args": {"init_command": "SET SESSION innodb_lock_wait_timeout = 10"}},
+}
 FIRST_TEST = "test_client_commits_are_seen_by_later_requests_only"
 
 
@@ -34,11 +38,14 @@ def write_project(
     sqlite_begin_recipe: bool = False,
 ) -> str:
     """Write the project for database ``url``; return its audit bind's URL."""
+    if engine_options is None:
+        # A cleanup that waits for a lock fails within seconds instead of hanging the run.
+        engine_options = LOCK_TIMEOUTS.get(sa.make_url(url).get_backend_name(), {})
     audit_url = "sqlite://" if url == "sqlite://" else f"sqlite:///{pytester.path / 'audit.db'}"
     conftest = CONFTEST.format(
         url=url,
         audit_url=audit_url,
-        engine_options=engine_options or {},
+        engine_options=engine_options,
         sqlite_begin_recipe=sqlite_begin_recipe,
     )
     pytester.makeconftest(conftest)
