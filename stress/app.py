@@ -43,7 +43,7 @@ APPLICATION_NAME = "sessionscope-stress"
 DUPLICATE_KEY = "duplicate-seed"
 
 #: The faults a client can ask the write view for.
-FAULTS = ("ok", "raise", "reject", "dup", "sleep")
+FAULTS = ("ok", "raise", "reject", "dup", "sleep", "serial")
 
 
 class Base(DeclarativeBase):
@@ -66,6 +66,17 @@ class Row(Base):
 #: leak of the worker's own.
 BUILDER_PID = os.getpid()
 INHERITED: set[str] = set()
+
+
+class Tally(Base):
+    """Two counters that ``serial`` requests read and bump in SERIALIZABLE
+    transactions. Their sum must equal the number of ``serial`` keys stored:
+    a request counted but not stored, or the reverse, is a torn write."""
+
+    __tablename__ = "stress_tally"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
 
 
 class InjectedFault(Exception):
@@ -143,9 +154,15 @@ def create_app() -> Flask:
         - dup: also add the seeded key without flushing, so the end-of-request
           commit fails on the unique constraint (500, nothing stored);
         - sleep: flush, then hold the connection for ``ms`` milliseconds
-          before answering 201, to keep the pool exhausted.
+          before answering 201, to keep the pool exhausted;
+        - serial: in a SERIALIZABLE transaction, read both tally counters and
+          bump one of them; concurrent ``serial`` requests then fail with
+          serialization failures, some of them only at COMMIT (503, nothing
+          stored).
         """
         fault = request.args.get("fault", "ok")
+        if fault == "serial":
+            db.session.connection(execution_options={"isolation_level": "SERIALIZABLE"})
         db.session.add(Row(key=key))
         if fault == "dup":
             db.session.add(Row(key=DUPLICATE_KEY))
@@ -157,6 +174,11 @@ def create_app() -> Flask:
             return "rejected after writing", 409
         if fault == "sleep":
             time.sleep(int(request.args.get("ms", "500")) / 1000)
+        if fault == "serial":
+            db.session.scalar(sa.select(sa.func.sum(Tally.n)))
+            slot = 1 + int(key[-1]) % 2 if key[-1].isdigit() else 1
+            db.session.execute(sa.update(Tally).where(Tally.id == slot).values(n=Tally.n + 1))
+            time.sleep(0.02)  # widen the window in which others read the same counters
         return "written", 201
 
     @app.get("/nodb")

@@ -24,7 +24,7 @@ from .app import APPLICATION_NAME
 
 #: How often clients ask for each kind of request. ``nodb`` is the view that
 #: never touches the database; the others are the write view's faults.
-MIX: dict[str, int] = {"ok": 58, "raise": 8, "reject": 8, "dup": 8, "sleep": 2, "nodb": 16}
+MIX: dict[str, int] = {"ok": 52, "serial": 6, "raise": 8, "reject": 8, "dup": 8, "sleep": 2, "nodb": 16}
 
 #: How long a ``sleep`` request holds its connection, in milliseconds.
 SLEEP_MS = (300, 1500)

@@ -107,6 +107,7 @@ def create_database(server_url: str) -> URL:
     Base.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO stress_rows (key) VALUES (:key)"), {"key": DUPLICATE_KEY})
+        conn.execute(sa.text("INSERT INTO stress_tally (id, n) VALUES (1, 0), (2, 0)"))
     engine.dispose()
     return url
 
@@ -311,7 +312,10 @@ def print_report(
         f"commit outcome unknown (502): present {report.unknown_present}, absent {report.unknown_absent};"
         f" no HTTP answer: present {report.no_answer_present}, absent {report.no_answer_absent}"
     )
-    print(f"rows stored: {report.stored_rows}")
+    print(
+        f"rows stored: {report.stored_rows}; serial keys stored: {report.serial_stored},"
+        f" tally of serial writes: {report.tally}"
+    )
     print("expected server log records:")
     for kind, count in sorted(report.log_kinds.items()):
         print(f"  {count:6d}  {kind}")
