@@ -308,6 +308,12 @@ def print_report(
     for kind in MIX:
         row = {label: count for (k, label), count in report.by_kind.items() if k == kind}
         print(f"  {kind:>6}: " + ", ".join(f"{label}: {count}" for label, count in sorted(row.items())))
+    durations = sorted(o.ended - o.started for o in outcomes if o.status is not None)
+    if durations:
+        p50, p99 = durations[len(durations) // 2], durations[int(len(durations) * 0.99)]
+        print(
+            f"time to answer: median {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {durations[-1] * 1000:.0f} ms"
+        )
     print(
         f"commit outcome unknown (502): present {report.unknown_present}, absent {report.unknown_absent};"
         f" no HTTP answer: present {report.no_answer_present}, absent {report.no_answer_absent}"
