@@ -21,6 +21,7 @@ from flask_sessionscope import SessionScope
 DATABASE_URL = {url!r}
 ENGINE_OPTIONS = {engine_options!r}
 SQLITE_BEGIN_RECIPE = {sqlite_begin_recipe!r}
+READ_ONLY_SAFE_METHODS = {read_only_safe_methods!r}
 AUDIT_URL = {audit_url!r}
 IN_MEMORY = DATABASE_URL == "sqlite://"
 
@@ -65,6 +66,9 @@ def create_app():
     app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = ENGINE_OPTIONS
     app.config["SESSIONSCOPE_BINDS"] = {{"audit": {{"url": AUDIT_URL, "connect_args": {{}}}}}}
     app.config["SESSIONSCOPE_SESSION_OPTIONS"] = {{"binds": {{AuditEntry: "audit"}}}}
+    # GET requests would read on AUTOCOMMIT connections, outside the test's transaction,
+    # if the extension did not see that the sessionmaker is bound to the test's connections.
+    app.config["SESSIONSCOPE_READ_ONLY_SAFE_METHODS"] = READ_ONLY_SAFE_METHODS
     db.init_app(app)
     if SQLITE_BEGIN_RECIPE:  # the app already runs pysqlite with SQLAlchemy emitting BEGIN
         with app.app_context():
@@ -106,6 +110,12 @@ def create_app():
         db.session.commit()
         db.session.add(Book(title=title + "-rolled-back", shelf=shelf()))
         db.session.rollback()
+        return "ok"
+
+    @app.post("/rollback-only/<title>")
+    def rollback_only(title):
+        db.session.add(Book(title=title, shelf=shelf()))
+        db.set_rollback_only()
         return "ok"
 
     @app.post("/nested/<title>")
@@ -169,6 +179,8 @@ TESTS = """
 import pytest
 import sqlalchemy as sa
 
+from flask_sessionscope import ReadOnlySessionError
+
 from conftest import Book, Shelf, db
 
 
@@ -205,6 +217,7 @@ def test_manual_commit_rollback_and_nested_transactions(client, db_isolation):
     assert client.post("/manual/m").status_code == 200
     assert client.post("/rollback/r").status_code == 200
     assert client.post("/nested/n").status_code == 201
+    assert client.post("/rollback-only/x").status_code == 200
     assert titles(client) == ["m", "n", "r"]
 
 
@@ -217,7 +230,11 @@ def test_db_session_rows_are_shared_with_requests(client, db_session):
     assert sorted(db_session.scalars(sa.select(Book.title))) == ["arranged", "requested"]
 
 
-def test_test_client_app_context_and_cli(app, db_isolation, committed):
+def test_test_client_app_context_and_cli(app, db_isolation, committed, request):
+    if app.config["SESSIONSCOPE_READ_ONLY_SAFE_METHODS"]:
+        # Core issue: the app context pushed here (and by the CLI runner) sits inside
+        # pytest-flask's GET request context, whose read-only session it then uses.
+        request.applymarker(pytest.mark.xfail(strict=True, raises=ReadOnlySessionError))
     client = app.test_client()
     assert_empty(client)
     with client:
@@ -233,7 +250,13 @@ def test_test_client_app_context_and_cli(app, db_isolation, committed):
     assert committed() in ([], None)
 
 
-def test_test_body_session_of_pytest_flask_request_context(client, db_isolation):
+def skip_if_get_requests_are_read_only(app):
+    if app.config["SESSIONSCOPE_READ_ONLY_SAFE_METHODS"]:
+        pytest.skip("pytest-flask's request context is a GET: db.session is read-only in the test body")
+
+
+def test_test_body_session_of_pytest_flask_request_context(app, client, db_isolation):
+    skip_if_get_requests_are_read_only(app)
     assert_empty(client)
     db.session.add(Book(title="body", shelf=Shelf(name="body")))
     db.session.commit()
@@ -249,7 +272,8 @@ def test_commit_mode_really_commits(client, db_isolation, committed):
 
 
 @pytest.mark.sessionscope_commit
-def test_commit_mode_with_work_left_pending_in_the_test_body(client, db_isolation):
+def test_commit_mode_with_work_left_pending_in_the_test_body(app, client, db_isolation):
+    skip_if_get_requests_are_read_only(app)
     assert_empty(client)
     assert client.post("/books/kept").status_code == 201
     # Locks the committed shelf row until the session is closed; the cleanup must not wait for it.

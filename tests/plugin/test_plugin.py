@@ -2,8 +2,8 @@
 project's test suite (``_project.py``) in both orders on each backend, and
 the databases are checked afterwards from connections of our own.
 
-The project has two binds: the backend under test, and an "audit" SQLite
-file, so every run also checks one outer transaction per engine.
+The project has two binds (two engines on the server database, or two SQLite
+files), so every run also checks one outer transaction per engine.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ._project import CONFTEST, INI, LIVE_TESTS, TESTS
 pytest_plugins = ["pytester"]
 
 MAIN_TABLES = ("plugin_books", "plugin_shelves")  # children first
+AUDIT_TABLES = ("plugin_audit",)
 PASSED_PER_RUN = 11
 LOCK_TIMEOUTS: dict[str, dict[str, Any]] = {
     "postgresql": {"connect_args": {"options": "-c lock_timeout=10s"}},
@@ -36,17 +37,22 @@ def write_project(
     url: str,
     engine_options: dict[str, Any] | None = None,
     sqlite_begin_recipe: bool = False,
+    read_only_safe_methods: bool = False,
 ) -> str:
     """Write the project for database ``url``; return its audit bind's URL."""
     if engine_options is None:
         # A cleanup that waits for a lock fails within seconds instead of hanging the run.
         engine_options = LOCK_TIMEOUTS.get(sa.make_url(url).get_backend_name(), {})
-    audit_url = "sqlite://" if url == "sqlite://" else f"sqlite:///{pytester.path / 'audit.db'}"
+    if url.startswith("sqlite"):
+        audit_url = "sqlite://" if url == "sqlite://" else f"sqlite:///{pytester.path / 'audit.db'}"
+    else:  # a second engine on the same server database
+        audit_url = url
     conftest = CONFTEST.format(
         url=url,
         audit_url=audit_url,
         engine_options=engine_options,
         sqlite_begin_recipe=sqlite_begin_recipe,
+        read_only_safe_methods=read_only_safe_methods,
     )
     pytester.makeconftest(conftest)
     pytester.makeini(INI)
@@ -71,7 +77,7 @@ def rows_left(url: str | URL, tables: tuple[str, ...]) -> dict[str, int]:
 
 def assert_nothing_stored(url: str | URL, audit_url: str) -> None:
     assert rows_left(url, MAIN_TABLES) == dict.fromkeys(MAIN_TABLES, 0)
-    assert rows_left(audit_url, ("plugin_audit",)) == {"plugin_audit": 0}
+    assert rows_left(audit_url, AUDIT_TABLES) == dict.fromkeys(AUDIT_TABLES, 0)
 
 
 @pytest.fixture
@@ -80,7 +86,7 @@ def project_url(database_url: URL, observer: Engine) -> Iterator[str]:
     since server databases are shared by the whole run."""
     yield database_url.render_as_string(hide_password=False)
     with observer.begin() as conn:
-        for table in MAIN_TABLES:
+        for table in MAIN_TABLES + AUDIT_TABLES:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -91,6 +97,17 @@ def test_no_test_sees_rows_of_another(pytester: pytest.Pytester, project_url: st
     result.assert_outcomes(passed=PASSED_PER_RUN)
     names = run_order(result)
     assert (names[0] == FIRST_TEST) == (order == "forward"), names
+    assert_nothing_stored(project_url, audit_url)
+
+
+def test_read_only_requests_read_inside_the_test_transaction(
+    pytester: pytest.Pytester, project_url: str
+) -> None:
+    """With ``SESSIONSCOPE_READ_ONLY_SAFE_METHODS`` GET requests normally read on
+    AUTOCOMMIT connections; under db_isolation they must see the test's rows."""
+    audit_url = write_project(pytester, project_url, read_only_safe_methods=True)
+    result = pytester.runpytest_inprocess()
+    result.assert_outcomes(passed=PASSED_PER_RUN - 3, skipped=2, xfailed=1)
     assert_nothing_stored(project_url, audit_url)
 
 
