@@ -62,6 +62,9 @@ def shelf(name="main"):
 
 def create_app():
     app = Flask(__name__)
+    # live_server serves on "localhost:<port>"; Flask 3.0 answers 404 to a Host
+    # that differs from SERVER_NAME, which live_server otherwise sets to localhost.localdomain.
+    app.config["SERVER_NAME"] = "localhost"
     app.config["SESSIONSCOPE_DATABASE_URL"] = DATABASE_URL
     app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = ENGINE_OPTIONS
     app.config["SESSIONSCOPE_BINDS"] = {{"audit": {{"url": AUDIT_URL, "connect_args": {{}}}}}}
