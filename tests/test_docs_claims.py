@@ -1,0 +1,78 @@
+"""Behaviours the documentation states that no other test pins down.
+
+Each test names the page that makes the claim, so that a change in
+behaviour points at the prose to update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .conftest import AppFactory, Item, stored_keys
+
+
+def test_failed_outer_transaction_undoes_its_nested_block(
+    make_app: AppFactory, observer: Engine, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """commit-policy.md: a nested db.transaction() is a SAVEPOINT of the
+    outer one, and the outer block decides whether anything is committed."""
+    if backend == "sqlite":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "core: pysqlite in its default mode emits no BEGIN before SAVEPOINT, so when the"
+                    " outer block has not written yet, RELEASE of the inner block commits it"
+                ),
+            )
+        )
+    app, db = make_app()
+    with pytest.raises(RuntimeError), app.app_context(), db.transaction() as outer:
+        with db.transaction():
+            db.session.add(Item(key="inner"))
+        outer.add(Item(key="outer"))
+        raise RuntimeError("the outer block fails after the inner one ended")
+    assert stored_keys(observer) == []
+
+
+def test_a_failed_commit_bypasses_handlers_for_the_exception_class(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """commit-policy.md: the commit runs after the view, so an
+    errorhandler(IntegrityError) is not consulted for it; flushing in the
+    view is how a constraint violation becomes a 409."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    handled: list[str] = []
+
+    @app.errorhandler(sa.exc.IntegrityError)
+    def conflict(error: Any) -> tuple[str, int]:
+        handled.append("integrity")
+        return "conflict", 409
+
+    @app.post("/late/<key>")
+    def late(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+    @app.post("/early/<key>")
+    def early(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        try:
+            db.session.flush()
+        except sa.exc.IntegrityError:
+            db.session.rollback()
+            return f"{key} is taken", 409
+        return "created", 201
+
+    client = app.test_client()
+    assert client.post("/late/a").status_code == 201
+    assert client.post("/late/a").status_code == 500
+    assert handled == []
+    response = client.post("/early/a")
+    assert (response.status_code, response.text) == (409, "a is taken")
+    assert client.post("/early/b").status_code == 201
+    assert stored_keys(observer) == ["a", "b"]
