@@ -164,12 +164,9 @@ def _begin_sqlite(connection: Connection, stack: ExitStack) -> None:
     import sqlite3
 
     raw: Any = connection.connection.dbapi_connection
-    legacy = getattr(raw, "autocommit", -1) == getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
-    if legacy and raw.isolation_level is not None:
-        level = raw.isolation_level
-        stack.callback(setattr, raw, "isolation_level", level)
-    if legacy:
-        raw.isolation_level = None
+    if getattr(raw, "autocommit", -1) == getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1):
+        stack.callback(setattr, raw, "isolation_level", raw.isolation_level)
+        raw.isolation_level = None  # no transaction is open yet, so this commits nothing
 
     def rollback() -> None:
         transaction.rollback()
