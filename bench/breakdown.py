@@ -1,0 +1,184 @@
+"""Where this project's per-request cost goes, next to the hand-written pattern.
+
+Usage::
+
+    .venv/bin/python bench/breakdown.py --backend sqlite|postgresql [--rounds 15]
+
+``requests.py`` says how much slower or faster this project is; this script
+says why, by adding to the hand-written pattern, one at a time, the things the
+extension does on every request:
+
+- no DB use: Flask alone, Flask with one and with three no-op hooks (the
+  extension registers an after_request, a teardown_request and a
+  teardown_appcontext function; Flask pays for calling each, whatever it
+  does), the hand-written pattern, and the extension;
+- read by key: the hand-written pattern; the same committing the session in
+  an after_request function instead of only closing it (the extension
+  commits every successful request, reads included); the same with the
+  extension's session listeners on its sessionmaker (``_guards.install``);
+  both plus two no-op hooks; and the extension.
+
+All variants live in one process and run interleaved, round by round; the
+ratio is the median over rounds of each variant's median over the first
+variant's in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import bench_apps
+import sqlalchemy as sa
+from flask import Flask, g
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.test import EnvironBuilder
+
+from flask_sessionscope import _guards
+
+
+def plain(hooks: int) -> Flask:
+    """Flask with the no-DB view and ``hooks`` (0 to 3) no-op hook functions."""
+    app = bench_apps.plain_flask("", {})
+    if hooks >= 1:
+        app.teardown_appcontext(lambda exc: None)
+    if hooks >= 2:
+        app.teardown_request(lambda exc: None)
+    if hooks >= 3:
+        app.after_request(lambda response: response)
+    return app
+
+
+def hand_written(url: str, *, commit_after: bool = False, guards: bool = False, hooks: bool = False) -> Flask:
+    """The hand-written pattern, plus what the extension does on top of it."""
+    app = bench_apps.plain_flask("", {})
+    factory = sessionmaker(sa.create_engine(url))
+    if guards:
+        _guards.install(factory)
+
+    def session() -> Session:
+        if "db_session" not in g:
+            g.db_session = factory()
+        db_session: Session = g.db_session
+        return db_session
+
+    if commit_after:
+
+        @app.after_request
+        def commit(response: Any) -> Any:
+            db_session = g.get("db_session")
+            if db_session is not None:
+                db_session.commit()
+            return response
+
+    if hooks:
+        app.teardown_request(lambda exc: None)
+        app.after_request(lambda response: response)
+
+    @app.teardown_appcontext
+    def close(exc: BaseException | None) -> None:
+        db_session = g.pop("db_session", None)
+        if db_session is not None:
+            db_session.close()
+
+    bench_apps._add_views(app, session, commit=True)
+    return app
+
+
+def median_us(app: Flask, path: str, requests: int) -> float:
+    builder = EnvironBuilder(path=path)
+    template = builder.get_environ()
+    builder.close()
+    samples = []
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+        statuses.append(status)
+        return lambda data: None
+
+    for _ in range(requests):
+        environ = dict(template, **{"wsgi.input": io.BytesIO(b"")})
+        start = time.perf_counter_ns()
+        body = app.wsgi_app(environ, start_response)
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+        samples.append(time.perf_counter_ns() - start)
+        if not statuses.pop().startswith("200"):
+            raise SystemExit(f"{path} failed")
+    return statistics.median(samples) / 1000
+
+
+def compare(title: str, path: str, variants: dict[str, Flask], rounds: int, requests: int) -> None:
+    for app in variants.values():
+        median_us(app, path, requests)  # warm-up
+    medians: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        order = list(variants)
+        random.shuffle(order)
+        for name in order:
+            medians[name].append(median_us(variants[name], path, requests))
+    first = next(iter(variants))
+    print(f"\n{title}")
+    for name, values in medians.items():
+        ratio = statistics.median(a / b for a, b in zip(values, medians[first], strict=True))
+        print(f"  {name:<52}{statistics.median(values):9.1f} µs  x{ratio:.3f}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--postgresql", default=bench_apps.POSTGRESQL_SERVER)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as directory:
+        if args.backend == "sqlite":
+            url = f"sqlite:///{directory}/bench.db"
+            bench_apps.prepare_database(url)
+            run(url, args.rounds)
+        else:
+            with bench_apps.postgresql_database(args.postgresql) as url:
+                run(url, args.rounds)
+    return 0
+
+
+def run(url: str, rounds: int) -> None:
+    print(f"per-request cost breakdown on {sa.make_url(url).get_backend_name()}, {rounds} rounds")
+    compare(
+        "no DB use (ratio to Flask alone)",
+        "/nodb",
+        {
+            "Flask alone": plain(0),
+            "Flask + 1 no-op hook": plain(1),
+            "Flask + 3 no-op hooks": plain(3),
+            "hand-written pattern (1 hook)": hand_written(url),
+            "flask-sessionscope (3 hooks)": bench_apps.sessionscope_defaults(url, {}),
+        },
+        rounds,
+        400,
+    )
+    compare(
+        "read by key (ratio to the hand-written pattern)",
+        f"/items/{bench_apps.READ_KEY}",
+        {
+            "hand-written pattern (close only)": hand_written(url),
+            "+ commit in after_request": hand_written(url, commit_after=True),
+            "+ the extension's session listeners": hand_written(url, guards=True),
+            "+ commit + listeners + 2 no-op hooks": hand_written(
+                url, commit_after=True, guards=True, hooks=True
+            ),
+            "flask-sessionscope": bench_apps.sessionscope_defaults(url, {}),
+        },
+        rounds,
+        150,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
