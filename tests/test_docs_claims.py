@@ -76,3 +76,28 @@ def test_a_failed_commit_bypasses_handlers_for_the_exception_class(
     assert (response.status_code, response.text) == (409, "a is taken")
     assert client.post("/early/b").status_code == 201
     assert stored_keys(observer) == ["a", "b"]
+
+
+@pytest.mark.filterwarnings("ignore:Selection of the SingletonThreadPool:DeprecationWarning")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "core: _is_memory_sqlite looks for 'mode=memory' in url.database, but SQLAlchemy"
+        " parses it into url.query, so URI-style in-memory databases get SQLAlchemy's"
+        " (deprecated) SingletonThreadPool, one connection per thread, instead of StaticPool"
+    ),
+)
+def test_uri_style_in_memory_sqlite_is_one_shared_connection(tmp_path: Any) -> None:
+    """configuration.md (driver defaults): an in-memory SQLite database is one
+    connection shared by every thread, whatever form its URL takes."""
+    from flask import Flask
+    from sqlalchemy.pool import StaticPool
+
+    from flask_sessionscope import SessionScope
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["SESSIONSCOPE_DATABASE_URL"] = "sqlite:///file:docs_claims?mode=memory&cache=shared&uri=true"
+    db = SessionScope(app)
+    with app.app_context():
+        assert isinstance(db.engine.pool, StaticPool)
+        db.engine.dispose()
