@@ -101,3 +101,24 @@ def test_uri_style_in_memory_sqlite_is_one_shared_connection(tmp_path: Any) -> N
     with app.app_context():
         assert isinstance(db.engine.pool, StaticPool)
         db.engine.dispose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "core: create_engines names the URL's key for an invalid engine option whenever the"
+        " URL came from SQLALCHEMY_DATABASE_URI, instead of the engine options key"
+    ),
+)
+def test_invalid_engine_option_error_names_the_options_key(tmp_path: Any) -> None:
+    """configuration.md (errors): the message names the key at fault, also
+    when the app still uses Flask-SQLAlchemy's key names."""
+    from flask import Flask
+
+    from flask_sessionscope import ConfigurationError, SessionScope
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"no_such_option": 1}
+    with pytest.raises(ConfigurationError, match=r"^SQLALCHEMY_ENGINE_OPTIONS: invalid engine option"):
+        SessionScope(app)
