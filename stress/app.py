@@ -139,10 +139,9 @@ def create_app() -> Flask:
     if _env_flag("STRESS_WARM_POOL"):
         global BUILDER_PID
         BUILDER_PID = os.getpid()
-        with app.app_context():
-            sa.event.listen(db.engine, "connect", lambda dbapi_conn, _: INHERITED.add(hex(id(dbapi_conn))))
-            with db.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
+        with app.app_context(), db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            INHERITED.add(hex(id(conn.connection.dbapi_connection)))
 
     @app.post("/write/<key>")
     def write(key: str) -> tuple[str, int]:

@@ -222,7 +222,7 @@ def kill_backends(url: URL, interval: float, stop: threading.Event, log: FaultLo
         engine.dispose()
 
 
-def restart_server(budget: Budget, stop: threading.Event, log: FaultLog) -> None:
+def restart_server(budget: Budget, stop: threading.Event, log: FaultLog, cluster: str) -> None:
     """Once half of the requests have been issued, restart the whole
     PostgreSQL cluster, waiting for it to accept connections again."""
     while not budget.half_spent():
@@ -231,7 +231,7 @@ def restart_server(budget: Budget, stop: threading.Event, log: FaultLog) -> None
     version = _cluster_version()
     down = time.time()
     result = subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "restart"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -243,7 +243,7 @@ def restart_server(budget: Budget, stop: threading.Event, log: FaultLog) -> None
 
 
 def _cluster_version() -> str:
-    """The PostgreSQL major version whose cluster ``main`` this machine runs."""
+    """The PostgreSQL major version this machine runs clusters of."""
     versions = sorted(os.listdir("/etc/postgresql"))
     if len(versions) != 1:
         raise RuntimeError(f"expected one PostgreSQL version under /etc/postgresql, found {versions}")

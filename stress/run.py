@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restart", action="store_true", help="restart PostgreSQL once, mid-run (disturbs every user of it)"
     )
+    parser.add_argument(
+        "--cluster",
+        default="main",
+        help="the pg_ctlcluster cluster --restart restarts (default main); it must be the server of --server-url",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the clients' random choices")
     parser.add_argument(
         "--server-url", default=SERVER_URL, help="PostgreSQL URL to create the run's database with"
@@ -215,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
             if args.restart:
-                fault_threads.append(threading.Thread(target=restart_server, args=(budget, stop, faults)))
+                fault_threads.append(
+                    threading.Thread(target=restart_server, args=(budget, stop, faults, args.cluster))
+                )
             recorder = Recorder()
             if args.squeeze_interval > 0:
                 holders = args.workers * (args.pool_size + 1)
