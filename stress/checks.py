@@ -152,7 +152,7 @@ def check_idle_in_transaction(url: URL, report: Report, settle: float = 10.0) ->
     engine = admin_engine(url)
     query = sa.text(
         "SELECT pid, state, now() - state_change, left(query, 80) FROM pg_stat_activity"
-        " WHERE application_name = :app AND state LIKE 'idle in transaction%'"
+        " WHERE application_name = :app AND datname = current_database() AND state LIKE 'idle in transaction%'"
     )
     try:
         deadline = time.monotonic() + settle

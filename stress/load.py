@@ -182,10 +182,10 @@ def _hold(port: int, index: int, hold_ms: int, recorder: Recorder) -> None:
 
 KILL_SQL = sa.text(
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-    " WHERE application_name = :app AND pid <> pg_backend_pid()"
+    " WHERE application_name = :app AND datname = current_database() AND pid <> pg_backend_pid()"
 )
 STUCK_SQL = sa.text(
-    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app"
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app AND datname = current_database()"
     " AND state LIKE 'idle in transaction%' AND now() - state_change > interval '5 seconds'"
 )
 
