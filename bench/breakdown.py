@@ -16,7 +16,12 @@ extension does on every request:
   an after_request function instead of only closing it (the extension
   commits every successful request, reads included); the same with the
   extension's session listeners on its sessionmaker (``_guards.install``);
-  both plus two no-op hooks; and the extension.
+  both plus two no-op hooks; and the extension;
+- read by key on PostgreSQL, read-only: the hand-written pattern in a
+  transaction, then on AUTOCOMMIT connections (a dedicated engine, or a
+  normal engine's connections switched at checkout as the extension's
+  read-only fast path does, with and without a commit at the end), and the
+  extension with ``@db.read_only``.
 
 All variants live in one process and run interleaved, round by round; the
 ratio is the median over rounds of each variant's median over the first
@@ -56,16 +61,42 @@ def plain(hooks: int) -> Flask:
     return app
 
 
-def hand_written(url: str, *, commit_after: bool = False, guards: bool = False, hooks: bool = False) -> Flask:
-    """The hand-written pattern, plus what the extension does on top of it."""
+def hand_written(
+    url: str,
+    *,
+    commit_after: bool = False,
+    guards: bool = False,
+    hooks: bool = False,
+    autocommit: str = "",
+) -> Flask:
+    """The hand-written pattern, plus what the extension does on top of it.
+
+    ``autocommit``: "" for normal transactions; "engine" for an engine
+    whose connections are all in AUTOCOMMIT mode; "switch" for an
+    ``execution_options(isolation_level="AUTOCOMMIT")`` copy of a normal
+    engine, whose connections are switched to AUTOCOMMIT at checkout and
+    back at checkin (what the extension's read-only fast path does; it also
+    gives that engine an ``engine_connect`` listener, which puts every
+    statement on SQLAlchemy's event-dispatching path); "connection" for a
+    normal engine whose session's connection is switched by
+    ``Session.connection(execution_options=...)`` when the session is made.
+    """
     app = bench_apps.plain_flask("", {})
-    factory = sessionmaker(sa.create_engine(url))
+    if autocommit == "engine":
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    elif autocommit == "switch":
+        engine = sa.create_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        engine = sa.create_engine(url)
+    factory = sessionmaker(engine)
     if guards:
         _guards.install(factory)
 
     def session() -> Session:
         if "db_session" not in g:
             g.db_session = factory()
+            if autocommit == "connection":
+                g.db_session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         db_session: Session = g.db_session
         return db_session
 
@@ -128,7 +159,7 @@ def compare(title: str, path: str, variants: dict[str, Flask], rounds: int, requ
     print(f"\n{title}")
     for name, values in medians.items():
         ratio = statistics.median(a / b for a, b in zip(values, medians[first], strict=True))
-        print(f"  {name:<52}{statistics.median(values):9.1f} µs  x{ratio:.3f}")
+        print(f"  {name:<60}{statistics.median(values):9.1f} µs  x{ratio:.3f}")
 
 
 def main(argv: list[str]) -> int:
@@ -174,6 +205,24 @@ def run(url: str, rounds: int) -> None:
                 url, commit_after=True, guards=True, hooks=True
             ),
             "flask-sessionscope": bench_apps.sessionscope_defaults(url, {}),
+        },
+        rounds,
+        150,
+    )
+    if sa.make_url(url).get_backend_name() != "postgresql":
+        return
+    compare(
+        "read by key, read-only fast path (ratio to the hand-written pattern)",
+        f"/items/{bench_apps.READ_KEY}",
+        {
+            "hand-written pattern (close only)": hand_written(url),
+            "hand-written on an AUTOCOMMIT engine": hand_written(url, autocommit="engine"),
+            "hand-written, AUTOCOMMIT switched per checkout": hand_written(url, autocommit="switch"),
+            "  + commit in after_request": hand_written(url, autocommit="switch", commit_after=True),
+            "hand-written, AUTOCOMMIT set on the session's connection": hand_written(
+                url, autocommit="connection"
+            ),
+            "flask-sessionscope, @read_only": bench_apps.sessionscope_read_only(url, {}),
         },
         rounds,
         150,
