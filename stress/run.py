@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -206,22 +207,26 @@ def run(args: argparse.Namespace) -> int:
     log_path = Path(tempfile.mkdtemp(prefix="sessionscope-stress-")) / "gunicorn.log"
     report = checks.Report()
     faults = FaultLog()
+    stop = threading.Event()
     try:
         port = free_port()
         server = start_server(args, url, port, log_path)
         try:
             budget = Budget(requests=args.requests, seconds=args.seconds)
-            stop = threading.Event()
             fault_threads = []
             if args.kill_interval > 0:
                 fault_threads.append(
                     threading.Thread(
-                        target=kill_backends, args=(url, args.kill_interval, stop, faults, args.seed)
+                        target=kill_backends,
+                        args=(url, args.kill_interval, stop, faults, args.seed),
+                        daemon=True,
                     )
                 )
             if args.restart:
                 fault_threads.append(
-                    threading.Thread(target=restart_server, args=(budget, stop, faults, args.cluster))
+                    threading.Thread(
+                        target=restart_server, args=(budget, stop, faults, args.cluster), daemon=True
+                    )
                 )
             recorder = Recorder()
             if args.squeeze_interval > 0:
@@ -231,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
                     threading.Thread(
                         target=squeeze_pool,
                         args=(port, budget, stop, recorder, faults, holders, hold_ms, args.squeeze_interval),
+                        daemon=True,
                     )
                 )
             for thread in fault_threads:
@@ -246,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
             workers = worker_pids(server)
             checks.check_pools(port, workers, report)
         finally:
+            stop.set()
             stop_server(server)
         checks.check_rows(outcomes, url, report)
         log_text = log_path.read_text(errors="replace")
@@ -258,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         print_report(args, outcomes, faults, report, elapsed, log_path)
     finally:
         drop_database(args.server_url, url)
+    if not report.failures:
+        shutil.rmtree(log_path.parent, ignore_errors=True)
     return 1 if report.failures else 0
 
 
@@ -342,7 +351,8 @@ def print_report(
             print(f"  - {finding}")
         if len(findings) > 30:
             print(f"  ... and {len(findings) - 30} more")
-    print(f"server log: {log_path}")
+    if report.failures:
+        print(f"server log (kept): {log_path}")
     print("RESULT: " + ("FAILED" if report.failures else "OK"))
 
 
