@@ -112,8 +112,10 @@ class SessionScope:
         app.teardown_request(self._end_request_context)
         app.teardown_appcontext(self._end_app_context)
         app.shell_context_processor(self._shell_context)
-        app.register_error_handler(DBAPIError, answer_unavailability)
-        app.register_error_handler(PoolTimeoutError, answer_unavailability)
+        own_handlers = app.error_handler_spec.get(None, {}).get(None, {})
+        for error_class in (DBAPIError, PoolTimeoutError):
+            if error_class not in own_handlers:  # the app's own handler wins
+                app.register_error_handler(error_class, answer_unavailability)
 
     # -- public API --------------------------------------------------------
 

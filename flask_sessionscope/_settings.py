@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Response
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
@@ -58,6 +59,8 @@ class EngineSpec:
     options: dict[str, Any] = field(default_factory=dict)
     #: The configuration key the URL came from, for error messages.
     source: str = URL_KEY
+    #: The configuration key the options came from, for error messages.
+    options_source: str = ENGINE_OPTIONS_KEY
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def _is_memory_sqlite(url: URL) -> bool:
     database = url.database or ""
     if database in ("", ":memory:"):
         return True
-    return url.query.get("uri") == "true" and "mode=memory" in database
+    return url.query.get("uri") == "true" and (url.query.get("mode") == "memory" or "mode=memory" in database)
 
 
 def apply_driver_defaults(
@@ -152,7 +155,7 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     options_key, options_value = _lookup(config, ENGINE_OPTIONS_KEY)
     common_options = _mapping(options_value, options_key)
     url, options = apply_driver_defaults(_parse_url(url_value, url_key), common_options, instance_path)
-    engines: dict[str | None, EngineSpec] = {None: EngineSpec(url, options, url_key)}
+    engines: dict[str | None, EngineSpec] = {None: EngineSpec(url, options, url_key, options_key)}
 
     binds_key, binds_value = _lookup(config, BINDS_KEY)
     for name, bind in _mapping(binds_value, binds_key).items():
@@ -168,7 +171,7 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         else:
             bind_url, bind_options = _parse_url(bind, where), dict(common_options)
         bind_url, bind_options = apply_driver_defaults(bind_url, bind_options, instance_path)
-        engines[name] = EngineSpec(bind_url, bind_options, where)
+        engines[name] = EngineSpec(bind_url, bind_options, where, f"{where} or {options_key}")
 
     session_options = _mapping(config.get(SESSION_OPTIONS_KEY), SESSION_OPTIONS_KEY)
     if isinstance(session_options.get("bind"), str):
@@ -213,9 +216,20 @@ def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, E
                 " 'pip install psycopg[binary]' or 'pip install pymysql'"
             ) from None
         except (TypeError, ArgumentError) as error:
-            key = ENGINE_OPTIONS_KEY if spec.source == URL_KEY else spec.source
-            raise ConfigurationError(f"{key}: invalid engine option: {error}") from None
+            raise ConfigurationError(f"{spec.options_source}: invalid engine option: {error}") from None
+        if spec.url.get_backend_name() == "sqlite" and spec.url.get_driver_name() == "pysqlite":
+            event.listen(engines[name], "savepoint", _begin_before_first_savepoint)
     return engines
+
+
+def _begin_before_first_savepoint(conn: sa.Connection, name: str) -> None:
+    """pysqlite, in its default mode, sends no BEGIN until the first INSERT,
+    UPDATE or DELETE. A SAVEPOINT sent outside a transaction opens one of its
+    own, and releasing it then commits, so a nested ``db.transaction()``
+    would commit early. Opening the transaction first keeps the savepoint
+    inside it; read-only work still takes no lock."""
+    if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        conn.exec_driver_sql("BEGIN")
 
 
 def resolve_session_options(

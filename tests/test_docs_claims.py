@@ -15,21 +15,9 @@ from sqlalchemy.engine import Engine
 from .conftest import AppFactory, Item, stored_keys
 
 
-def test_failed_outer_transaction_undoes_its_nested_block(
-    make_app: AppFactory, observer: Engine, backend: str, request: pytest.FixtureRequest
-) -> None:
+def test_failed_outer_transaction_undoes_its_nested_block(make_app: AppFactory, observer: Engine) -> None:
     """commit-policy.md: a nested db.transaction() is a SAVEPOINT of the
     outer one, and the outer block decides whether anything is committed."""
-    if backend == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "core: pysqlite in its default mode emits no BEGIN before SAVEPOINT, so when the"
-                    " outer block has not written yet, RELEASE of the inner block commits it"
-                ),
-            )
-        )
     app, db = make_app()
     with pytest.raises(RuntimeError), app.app_context(), db.transaction() as outer:
         with db.transaction():
@@ -79,14 +67,6 @@ def test_a_failed_commit_bypasses_handlers_for_the_exception_class(
 
 
 @pytest.mark.filterwarnings("ignore:Selection of the SingletonThreadPool:DeprecationWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core: _is_memory_sqlite looks for 'mode=memory' in url.database, but SQLAlchemy"
-        " parses it into url.query, so URI-style in-memory databases get SQLAlchemy's"
-        " (deprecated) SingletonThreadPool, one connection per thread, instead of StaticPool"
-    ),
-)
 def test_uri_style_in_memory_sqlite_is_one_shared_connection(tmp_path: Any) -> None:
     """configuration.md (driver defaults): an in-memory SQLite database is one
     connection shared by every thread, whatever form its URL takes."""
@@ -103,13 +83,6 @@ def test_uri_style_in_memory_sqlite_is_one_shared_connection(tmp_path: Any) -> N
         db.engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core: create_engines names the URL's key for an invalid engine option whenever the"
-        " URL came from SQLALCHEMY_DATABASE_URI, instead of the engine options key"
-    ),
-)
 def test_invalid_engine_option_error_names_the_options_key(tmp_path: Any) -> None:
     """configuration.md (errors): the message names the key at fault, also
     when the app still uses Flask-SQLAlchemy's key names."""

@@ -227,3 +227,23 @@ def test_forked_child_never_reuses_the_parents_connections(make_app: AppFactory,
         assert child_id != parent_id
     assert client.get("/who").text == parent_id  # the parent's connection still works
     assert checkouts.checked_out == 0
+
+
+def test_apps_own_handler_for_database_errors_is_kept() -> None:
+    app = Flask(__name__)
+    app.config["SESSIONSCOPE_DATABASE_URL"] = "postgresql+psycopg://u@127.0.0.1:1/db"
+    app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = {"connect_args": {"connect_timeout": 2}}
+
+    @app.errorhandler(sa.exc.DBAPIError)
+    def own(error: sa.exc.DBAPIError) -> tuple[str, int]:
+        return "handled by the app", 599
+
+    db = SessionScope(app)
+
+    @app.get("/data")
+    def data() -> str:
+        db.session.execute(sa.select(1))
+        return "unreachable"
+
+    response = app.test_client().get("/data")
+    assert (response.status_code, response.text) == (599, "handled by the app")
