@@ -43,6 +43,7 @@ from .load import (
     run_clients,
     squeeze_pool,
 )
+from .proxy import CutterProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get(
@@ -81,6 +82,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=4.0,
         help="seconds between bursts of requests that hold more connections than the pools have; 0: none",
+    )
+    parser.add_argument(
+        "--cut-commits",
+        type=float,
+        default=0.01,
+        help="share of COMMITs the proxy between app and server cuts, before or after the server"
+        " applies them (default 0.01); 0: no proxy",
     )
     parser.add_argument(
         "--restart", action="store_true", help="restart PostgreSQL once, mid-run (disturbs every user of it)"
@@ -208,9 +216,17 @@ def run(args: argparse.Namespace) -> int:
     report = checks.Report()
     faults = FaultLog()
     stop = threading.Event()
+    cutter = None
+    app_url = url
+    if args.cut_commits > 0:
+        cutter = CutterProcess((url.host or "127.0.0.1", url.port or 5432), args.cut_commits, args.seed)
+        cutter.start()
+        app_url = url.set(host="127.0.0.1", port=cutter.port).update_query_dict(
+            {"sslmode": "disable", "gssencmode": "disable"}
+        )
     try:
         port = free_port()
-        server = start_server(args, url, port, log_path)
+        server = start_server(args, app_url, port, log_path)
         try:
             budget = Budget(requests=args.requests, seconds=args.seconds)
             fault_threads = []
@@ -254,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             stop.set()
             stop_server(server)
+            if cutter is not None:
+                cutter.stop()
         checks.check_rows(outcomes, url, report)
         log_text = log_path.read_text(errors="replace")
         checks.check_server_log(log_text, report)
@@ -262,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
             report.leaks.append(f"gunicorn booted {booted} workers for {args.workers}: a worker died or hung")
         if args.restart:
             check_restart(outcomes, faults, report)
-        print_report(args, outcomes, faults, report, elapsed, log_path)
+        print_report(args, outcomes, faults, cutter, report, elapsed, log_path)
     finally:
         drop_database(args.server_url, url)
     if not report.failures:
@@ -285,6 +303,7 @@ def print_report(
     args: argparse.Namespace,
     outcomes: list[Outcome],
     faults: FaultLog,
+    cutter: CutterProcess | None,
     report: checks.Report,
     elapsed: float,
     log_path: Path,
@@ -302,6 +321,12 @@ def print_report(
         f" {faults.kill_errors} rounds failed to connect); pool squeezes {faults.squeezes};"
         f" PostgreSQL restarts {len(faults.restarts)}"
     )
+    if cutter is not None:
+        cuts = cutter.counts
+        print(
+            f"  COMMITs through the proxy: {cuts.commits}; cut before reaching the server {cuts.cut_before},"
+            f" cut after the server applied them {cuts.cut_after}"
+        )
     for down, back in faults.restarts:
         first = min((o.ended for o in outcomes if o.status == 201 and o.started >= back), default=None)
         nodb = Counter(
