@@ -10,8 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app
-from flask.ctx import RequestContext
+from flask import Flask, Response, current_app, request
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -50,7 +49,6 @@ class _AppState:
     sessionmaker: sessionmaker[Session]
     autocommit: bool
     commit_rule: CommitRule
-    read_only_safe_methods: bool
     #: AUTOCOMMIT variants of the engines, for read-only sessions.
     autocommit_engines: dict[Engine, Engine]
 
@@ -100,7 +98,6 @@ class SessionScope:
             factory,
             settings.autocommit,
             settings.commit_rule,
-            settings.read_only_safe_methods,
             autocommit_variants(engines),
         )
         app.extensions[EXTENSION_KEY] = self
@@ -112,6 +109,10 @@ class SessionScope:
         app.teardown_request(self._end_request_context)
         app.teardown_appcontext(self._end_app_context)
         app.shell_context_processor(self._shell_context)
+        if settings.read_only_safe_methods:
+            # First in the list, so that sessions opened by the app's own
+            # before_request functions are read-only too.
+            app.before_request_funcs.setdefault(None, []).insert(0, _read_only_if_safe_method)
         own_handlers = app.error_handler_spec.get(None, {}).get(None, {})
         for error_class in (DBAPIError, PoolTimeoutError):
             if error_class not in own_handlers:  # the app's own handler wins
@@ -229,7 +230,7 @@ class SessionScope:
     def _new_session(self, ctx: Context, scope: ContextScope) -> Session:
         state = self._state(ctx.app)
         factory = state.sessionmaker
-        if not (scope.read_only or (state.read_only_safe_methods and _is_safe_request(ctx))):
+        if not scope.read_only:
             return factory()
         session = factory(**read_only_binds(factory.kw, state.autocommit_engines))
         _guards.mark_read_only(session)
@@ -274,8 +275,10 @@ class SessionScope:
         return {**mapped_classes(), "db": self}
 
 
-def _is_safe_request(ctx: Context) -> bool:
-    return isinstance(ctx, RequestContext) and ctx.request.method in _SAFE_METHODS
+def _read_only_if_safe_method() -> None:
+    """before_request: treat GET, HEAD and OPTIONS views as ``@read_only``."""
+    if request.method in _SAFE_METHODS:
+        ensure_scope(current_context()).read_only = True
 
 
 def _close_context(ctx: Context | None) -> None:

@@ -121,3 +121,15 @@ def test_safe_methods_option_is_off_by_default(make_app: AppFactory, observer: E
 
     assert app.test_client().get("/items/a").status_code == 200
     assert stored_keys(observer) == ["a"]
+
+
+def test_safe_methods_option_leaves_contexts_outside_dispatch_writable(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """Only views dispatched for a GET/HEAD/OPTIONS request are read-only: a
+    test's own request context (pytest-flask pushes a GET one) and CLI
+    commands run inside it can still write."""
+    app, db = make_app(SESSIONSCOPE_READ_ONLY_SAFE_METHODS=True)
+    with app.test_request_context("/", method="GET"), db.transaction() as session:
+        session.add(Item(key="arranged"))
+    assert stored_keys(observer) == ["arranged"]
