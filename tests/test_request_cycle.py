@@ -359,3 +359,26 @@ def test_writes_after_the_commit_in_a_stream_are_discarded_with_a_warning(
     assert response.status_code == 200
     assert stored_keys(observer) == ["a"]
     assert "after the end-of-request commit" in caplog.text
+
+
+def test_session_is_per_request_under_a_preserving_test_client(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """pytest-flask's ``client`` is ``with app.test_client() as client``, which
+    keeps each request's context pushed until the next request: every request
+    still gets its own session, and none holds a connection after it ends."""
+    app, db = make_app()
+    sessions: list[Any] = []
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        sessions.append(db.session)
+        db.session.add(Item(key=key))
+        return "ok"
+
+    with app.test_request_context(), app.test_client() as client:
+        for key in ("a", "b", "c"):
+            assert client.post(f"/items/{key}").status_code == 200
+            assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert len({id(s) for s in sessions}) == 3
+    assert stored_keys(observer) == ["a", "b", "c"]
