@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import DeclarativeBase, DeclarativeBaseNoMeta, registry
 
 
-def _registries() -> set[registry]:
+def declarative_registries() -> set[registry]:
     """The registries of every declarative base class defined so far."""
     found: set[registry] = set()
     pending: list[type] = [DeclarativeBase, DeclarativeBaseNoMeta]
@@ -20,4 +20,6 @@ def _registries() -> set[registry]:
 
 def mapped_classes() -> dict[str, type]:
     """Every class mapped by a declarative base, by class name, for the shell."""
-    return {mapper.class_.__name__: mapper.class_ for reg in _registries() for mapper in reg.mappers}
+    return {
+        mapper.class_.__name__: mapper.class_ for reg in declarative_registries() for mapper in reg.mappers
+    }

@@ -14,23 +14,25 @@ pytest-flask: the project defines the ``app`` fixture, this plugin adds
   (another process, such as pytest-flask's ``live_server``, can see them) and
   every mapped table is emptied when the test ends.
 
-The module imports only pytest at load time, since pytest loads it into every
-run of every project that has the package installed; Flask and SQLAlchemy are
-imported when a fixture is actually used.
+Its fixtures do nothing unless a test asks for them.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import sort_tables
 
-if TYPE_CHECKING:
-    from flask import Flask
-    from sqlalchemy.engine import Connection, Engine
-    from sqlalchemy.orm import Session, sessionmaker
+from ._shell import declarative_registries
 
 COMMIT_MARKER = "sessionscope_commit"
 
@@ -88,8 +90,6 @@ def db_session(db_isolation: None, app: Flask) -> Iterator[Session]:
 
 def _app_database(app: Flask) -> tuple[sessionmaker[Session], list[Engine]]:
     """The app's sessionmaker and every engine its sessions may use."""
-    from sqlalchemy.engine import Engine
-
     db = app.extensions.get("sessionscope")
     if db is None:
         pytest.fail(
@@ -134,8 +134,6 @@ def _close_sessions_at_exit(factory: sessionmaker[Session], stack: ExitStack) ->
     the test body) only after this fixture has ended; left open, such a
     session would hold locks that the cleanup then waits for.
     """
-    from sqlalchemy import event
-
     opened: set[Session] = set()
 
     def remember(session: Session, *args: Any) -> None:
@@ -161,8 +159,6 @@ def _begin_sqlite(connection: Connection, stack: ExitStack) -> None:
     keeps RELEASE inside a transaction. For the test's connection only, turn
     the driver's own transaction handling off and emit BEGIN ourselves; both
     are put back before the connection returns to the pool."""
-    import sqlite3
-
     raw: Any = connection.connection.dbapi_connection
     if getattr(raw, "autocommit", -1) == getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1):
         stack.callback(setattr, raw, "isolation_level", raw.isolation_level)
@@ -196,14 +192,9 @@ def _empty_mapped_tables(factory: sessionmaker[Session], engines: list[Engine]) 
     All mapped tables, not only the ones this process wrote to: under
     ``live_server`` the writes happen in another process.
     """
-    import sqlalchemy as sa
-    from sqlalchemy.schema import sort_tables
-
-    from ._shell import _registries
-
     tables: dict[Engine, dict[sa.Table, None]] = {engine: {} for engine in engines}
     with factory() as session:
-        for reg in _registries():
+        for reg in declarative_registries():
             mappers = {mapper.local_table: mapper for mapper in reg.mappers}
             for table in reg.metadata.tables.values():
                 mapper = mappers.get(table)
