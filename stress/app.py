@@ -29,7 +29,7 @@ import traceback
 import warnings
 
 import sqlalchemy as sa
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_sessionscope import SessionScope
@@ -186,7 +186,7 @@ def create_app() -> Flask:
         return "ok"
 
     @app.get("/_pool")
-    def pool() -> object:
+    def pool() -> Response:
         """This worker's pid and how many connections its pool has lent out."""
         return jsonify(pid=os.getpid(), checkedout=db.engine.pool.checkedout())  # type: ignore[attr-defined]
 

@@ -102,9 +102,8 @@ def check_rows(outcomes: list[Outcome], url: URL, report: Report) -> None:
     engine = admin_engine(url)
     try:
         with engine.connect() as conn:
-            stored = dict(
-                conn.execute(sa.text("SELECT key, count(*) FROM stress_rows GROUP BY key")).tuples().all()
-            )
+            rows = conn.execute(sa.text("SELECT key, count(*) FROM stress_rows GROUP BY key")).tuples()
+            stored: dict[str, int] = dict(rows.all())
             tally = conn.execute(sa.text("SELECT coalesce(sum(n), 0) FROM stress_tally")).scalar_one()
     finally:
         engine.dispose()
