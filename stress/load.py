@@ -1,6 +1,7 @@
-"""The traffic and the faults of a stress run: concurrent HTTP clients, a
-thread that kills the app's PostgreSQL backends, and an optional server
-restart. Everything runs in the runner's process, apart from the server.
+"""The traffic and the faults of a stress run: concurrent HTTP clients,
+bursts of requests that exhaust the pools, a thread that kills the app's
+PostgreSQL backends, and an optional server restart. All of it runs in the
+runner's process (the COMMIT-cutting proxy has its own, see ``proxy``).
 
 Clients only talk to 127.0.0.1, and the run is bounded both by a request
 count and by wall time, whichever comes first.
