@@ -234,7 +234,10 @@ def main(argv: list[str]) -> int:
                     measure(contender, scenario, url, args, script, runs[(scenario, contender)])
 
     failures = []
-    print(f"\n{'':<34}{'requests/s':>12}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 ratio':>11}")
+    print(
+        f"\n{'':<34}{'requests/s':>12}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 ratio':>11}"
+        "   requests/s and p99 ms of each round"
+    )
     for scenario in scenarios:
         print(SCENARIOS[scenario][0])
         base = runs[(scenario, "handwritten")]
@@ -243,8 +246,10 @@ def main(argv: list[str]) -> int:
             rate, p50, p99 = (statistics.median(v) for v in (run.rates, run.p50_ms, run.p99_ms))
             base_rate, base_p99 = statistics.median(base.rates), statistics.median(base.p99_ms)
             title = bench_apps.BY_KEY[contender].title()
+            each = ", ".join(f"{r:.0f}/{q:.0f}" for r, q in zip(run.rates, run.p99_ms, strict=True))
             print(
                 f"  {title:<32}{rate:>12.0f}{rate / base_rate:>8.2f}{p50:>9.2f}{p99:>9.2f}{p99 / base_p99:>11.2f}"
+                f"   {each}"
             )
             failures += [f"{scenario} / {title}: {error}" for error in run.errors]
     print("(medians over rounds; ratios against the hand-written pattern in the same scenario)")
