@@ -37,6 +37,10 @@ class CutCounts:
     commits: int = 0
     cut_before: int = 0
     cut_after: int = 0
+    #: Of the COMMITs cut after their answer, those the server answered with
+    #: "COMMIT" (rather than an error, or "ROLLBACK" for a failed transaction):
+    #: each of their keys must be stored.
+    cut_after_committed: int = 0
 
 
 class CutterProcess:
@@ -136,6 +140,10 @@ class CommitCutter:
             self.counts.cut_after += 1
             return "after"
 
+    def _confirmed(self) -> None:
+        with self._lock:
+            self.counts.cut_after_committed += 1
+
     def _forget(self, *socks: socket.socket) -> None:
         with self._lock:
             for sock in socks:
@@ -184,7 +192,11 @@ class _Link:
         try:
             while data := self.server.recv(65536):
                 if self.cut_after_answer.is_set():
-                    return  # the server answered the COMMIT: the app never hears it
+                    # The server answered the COMMIT: note whether it
+                    # committed, and let the app never hear it.
+                    if data[:1] == b"C" and data[5:11] == b"COMMIT":
+                        self.cutter._confirmed()
+                    return
                 self.client.sendall(data)
         except OSError:
             pass

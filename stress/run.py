@@ -280,6 +280,11 @@ def run(args: argparse.Namespace) -> int:
             report.leaks.append(f"gunicorn booted {booted} workers for {args.workers}: a worker died or hung")
         if args.restart:
             check_restart(outcomes, faults, report)
+        if cutter is not None and report.unknown_present < cutter.counts.cut_after_committed:
+            report.mismatches.append(
+                f"the server confirmed {cutter.counts.cut_after_committed} COMMITs whose answers the proxy"
+                f" cut, but only {report.unknown_present} keys answered 502 are stored"
+            )
         print_report(args, outcomes, faults, cutter, report, elapsed, log_path)
     finally:
         drop_database(args.server_url, url)
@@ -325,7 +330,8 @@ def print_report(
         cuts = cutter.counts
         print(
             f"  COMMITs through the proxy: {cuts.commits}; cut before reaching the server {cuts.cut_before},"
-            f" cut after the server applied them {cuts.cut_after}"
+            f" cut after the server answered them {cuts.cut_after} (of which it committed"
+            f" {cuts.cut_after_committed})"
         )
     for down, back in faults.restarts:
         first = min((o.ended for o in outcomes if o.status == 201 and o.started >= back), default=None)
