@@ -15,9 +15,11 @@ reaches the app's normal error handling, a 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import sqlalchemy.exc as sa_exc
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 logger = logging.getLogger("flask_sessionscope")
@@ -47,12 +49,58 @@ class CommitInterrupted(Exception):
     """The connection was lost while COMMIT was in flight (outcome unknown)."""
 
 
+#: Server error codes that mean "not now" rather than "not this": the same
+#: request may well succeed when sent again.
+_RETRYABLE_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization failure
+        "40P01",  # deadlock detected
+        "55P03",  # lock not available
+        "57014",  # query canceled (statement timeout)
+        "57P01",  # admin shutdown
+        "57P02",  # crash shutdown
+        "57P03",  # cannot connect now (server starting up)
+        "53300",  # too many connections
+    }
+)
+_RETRYABLE_MYSQL_CODES = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1927,  # connection killed
+        2002,  # cannot connect (socket)
+        2003,  # cannot connect (TCP)
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        4031,  # disconnected by the server for inactivity
+    }
+)
+
+
 def is_unavailability(error: BaseException) -> bool:
-    """Whether ``error`` means the database could not serve the request (as
-    opposed to refusing it, e.g. a constraint violation)."""
-    if isinstance(error, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+    """Whether ``error`` means the database could not serve the request now
+    (an outage, a lost connection, a retryable conflict), as opposed to
+    refusing it (a constraint, a typo in SQL): only the first gets a 503."""
+    if isinstance(error, sa_exc.TimeoutError):
         return True
-    return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate is not None:
+        return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
+    if type(original).__module__.startswith(("psycopg", "psycopg2")):
+        # Raised by the client library itself (no server code): the
+        # connection could not be made or used.
+        return isinstance(error, sa_exc.OperationalError)
+    args = getattr(original, "args", ())
+    if args and isinstance(args[0], int):  # MySQL drivers: (code, message)
+        return args[0] in _RETRYABLE_MYSQL_CODES
+    return isinstance(error, sa_exc.OperationalError) and "database is locked" in str(original)
 
 
 def failure_response(app: Flask, error: BaseException) -> Response | None:
@@ -73,14 +121,31 @@ def failure_response(app: Flask, error: BaseException) -> Response | None:
     return response
 
 
-def answer_unavailability(error: sa_exc.DBAPIError | sa_exc.TimeoutError) -> Response:
-    """Error handler for exceptions raised while a view or a before_request
-    function runs; re-raises what is not an outage so that the app's normal
-    error handling sees it unchanged."""
+def answer_unavailability(error: sa_exc.DBAPIError | sa_exc.TimeoutError) -> ResponseReturnValue:
+    """Error handler for database errors raised while a view or a
+    before_request function runs. An outage gets its 503; any other error
+    goes to the handler the app would have used without this one (for a base
+    class such as ``SQLAlchemyError`` or ``Exception``), or stays unhandled."""
     response = failure_response(current_app, error)
-    if response is None:
+    if response is not None:
+        return response
+    handler = _apps_own_handler(error)
+    if handler is None:
         raise error
-    return response
+    return current_app.ensure_sync(handler)(error)  # type: ignore[no-any-return]
+
+
+def _apps_own_handler(error: Exception) -> Callable[[Exception], ResponseReturnValue] | None:
+    """The app's handler for ``error``, found the way Flask finds one
+    (blueprints first, then the app; the most specific class first) but
+    skipping :func:`answer_unavailability` itself."""
+    for scope in (*request.blueprints, None):
+        handlers = current_app.error_handler_spec.get(scope, {}).get(None, {})
+        for cls in type(error).__mro__:
+            handler = handlers.get(cls)
+            if handler is not None and handler is not answer_unavailability:
+                return handler  # type: ignore[return-value]
+    return None
 
 
 def _summary(error: BaseException) -> str:

@@ -247,3 +247,45 @@ def test_apps_own_handler_for_database_errors_is_kept() -> None:
 
     response = app.test_client().get("/data")
     assert (response.status_code, response.text) == (599, "handled by the app")
+
+
+@pytest.mark.parametrize("statement", ["SELECT nope FROM items", "SELECT id FROM no_such_table"])
+def test_a_bug_in_sql_stays_a_500_not_a_retryable_503(
+    make_app: AppFactory, statement: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite and MySQL drivers raise OperationalError for these too; they are
+    the app's bug, not an outage, and must reach its error handling."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.get("/")
+    def index() -> str:
+        db.session.execute(sa.text(statement))
+        return "unreachable"
+
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().get("/")
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers
+    assert "Traceback" in caplog.text  # Flask logged the bug with its traceback
+
+
+def test_apps_handler_for_a_base_class_still_sees_database_errors(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.errorhandler(sa.exc.SQLAlchemyError)
+    def conflict(error: sa.exc.SQLAlchemyError) -> tuple[dict[str, str], int]:
+        return {"error": type(error).__name__}, 409
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        db.session.flush()
+        return "created", 201
+
+    client = app.test_client()
+    client.post("/items/a")
+    response = client.post("/items/a")
+    assert (response.status_code, response.json) == (409, {"error": "IntegrityError"})
+    assert stored_keys(observer) == ["a"]
