@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ._failures import CommitInterrupted
-from ._guards import has_unsaved_writes
+from ._guards import has_unsaved_writes, is_read_only
 from ._scope import ContextScope
 from ._settings import CommitRule
 
@@ -38,7 +38,10 @@ def commit_or_discard(session: Session) -> None:
     it; that case is raised as :class:`CommitInterrupted`.
     """
     try:
-        session.flush()
+        session.flush()  # in a read-only session, refuses pending changes
+        if is_read_only(session):
+            session.rollback()  # nothing to save, and nothing that slipped past may be
+            return
         try:
             session.commit()
         except DBAPIError as error:

@@ -196,15 +196,14 @@ class SessionScope:
     def read_only(self, view: View) -> View:
         """View decorator: any write through the request's sessions raises
         :class:`ReadOnlySessionError` before reaching the database, so the
-        request fails and nothing is written."""
+        request fails and nothing is written.
 
-        def mark(scope: ContextScope) -> None:
-            scope.read_only = True
-            for session in (scope.session, scope.transaction):
-                if session is not None:
-                    _guards.mark_read_only(session)
-
-        return _wrap_view(view, mark)
+        The guard covers ORM flushes and statements run through the session
+        (textual SQL is judged by its wording); it is not a security boundary:
+        SQL sent on ``session.connection()`` directly is not inspected. A
+        read-only session is never committed, only rolled back.
+        """
+        return _wrap_view(view, _mark_read_only)
 
     def set_rollback_only(self) -> None:
         """Roll back the current request's session at its end even if the
@@ -275,10 +274,18 @@ class SessionScope:
         return {**mapped_classes(), "db": self}
 
 
+def _mark_read_only(scope: ContextScope) -> None:
+    """Make the context's sessions, open and future, read-only."""
+    scope.read_only = True
+    for session in (scope.session, scope.transaction):
+        if session is not None:
+            _guards.mark_read_only(session)
+
+
 def _read_only_if_safe_method() -> None:
     """before_request: treat GET, HEAD and OPTIONS views as ``@read_only``."""
     if request.method in _SAFE_METHODS:
-        ensure_scope(current_context()).read_only = True
+        _mark_read_only(ensure_scope(current_context()))
 
 
 def _close_context(ctx: Context | None) -> None:

@@ -24,6 +24,11 @@ def mark_read_only(session: Session) -> None:
     session.info[READ_ONLY] = True
 
 
+def is_read_only(session: Session) -> bool:
+    """Whether ``session`` was marked with :func:`mark_read_only`."""
+    return bool(session.info.get(READ_ONLY))
+
+
 def has_unsaved_writes(session: Session) -> bool:
     """Whether the session holds changes, flushed or not, that no commit has saved."""
     return bool(session.new or session.dirty or session.deleted or session.info.get(FLUSHED))
@@ -53,22 +58,26 @@ def _refuse_dml(state: ORMExecuteState) -> None:
 
 
 _READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "EXPLAIN", "VALUES", "TABLE", "DESCRIBE", "DESC"})
+# "INTO" catches SELECT ... INTO; a ";" followed by more SQL, a second statement.
 _WRITING_WORDS = re.compile(
-    r"\b(INSERT|UPDATE|DELETE|MERGE|REPLACE|CREATE|DROP|ALTER|TRUNCATE)\b", re.IGNORECASE
+    r"\b(INSERT|(?<!FOR )UPDATE|DELETE|MERGE|REPLACE|CREATE|DROP|ALTER|TRUNCATE|INTO|GRANT|CALL|DO|COPY|LOCK)\b"
+    r"|;\s*\S",
+    re.IGNORECASE,
 )
 
 
 def _is_textual_write(statement: Any) -> bool:
     """Whether a ``text()`` statement may write: anything that does not start
-    with a reading keyword, or a WITH query that names a writing command.
-    Conservative on purpose: a read-only session may run on a connection that
-    commits every statement, so a missed write would be permanent."""
+    with a reading keyword, or that names a writing command anywhere (even in
+    a string literal) or holds a second statement. Conservative on purpose:
+    a read-only session may run on a connection that commits every
+    statement, so a missed write would be permanent."""
     if not isinstance(statement, TextClause):
         return False
     words = statement.text.split(None, 1)
     if not words or words[0].upper() not in _READING_KEYWORDS:
         return True
-    return words[0].upper() == "WITH" and bool(_WRITING_WORDS.search(statement.text))
+    return bool(_WRITING_WORDS.search(statement.text))
 
 
 def _note_flush(session: Session, flush_context: UOWTransaction) -> None:

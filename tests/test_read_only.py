@@ -66,6 +66,8 @@ def test_read_only_view_reads_outside_a_transaction_and_returns_a_clean_connecti
         "DELETE FROM items",
         "WITH doomed AS (SELECT 1) DELETE FROM items",
         "TRUNCATE items",
+        "SELECT 1; DELETE FROM items",
+        "SELECT * INTO items_copy FROM items",
     ],
 )
 def test_read_only_view_refuses_textual_writes(
@@ -133,3 +135,39 @@ def test_safe_methods_option_leaves_contexts_outside_dispatch_writable(
     with app.test_request_context("/", method="GET"), db.transaction() as session:
         session.add(Item(key="arranged"))
     assert stored_keys(observer) == ["arranged"]
+
+
+def test_read_only_session_is_rolled_back_not_committed(
+    make_app: AppFactory, observer: Engine, backend: str
+) -> None:
+    """A write sent on the raw connection escapes the guard (documented). On
+    SQLite (no AUTOCOMMIT fast path) the end-of-request rollback still drops
+    it; on the servers' AUTOCOMMIT connections it is stored at once."""
+    app, db = make_app()
+
+    @app.post("/sneaky")
+    @db.read_only
+    def sneaky() -> str:
+        db.session.connection().execute(sa.insert(Item).values(key="sneaky"))
+        return "ok"
+
+    assert app.test_client().post("/sneaky").status_code == 200
+    assert stored_keys(observer) == ([] if backend == "sqlite" else ["sneaky"])
+
+
+def test_safe_methods_option_covers_sessions_opened_before_before_request(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False, SESSIONSCOPE_READ_ONLY_SAFE_METHODS=True)
+
+    @app.url_value_preprocessor
+    def load(endpoint: str | None, values: dict[str, object] | None) -> None:
+        db.session.execute(sa.select(Item.id).limit(1)).all()
+
+    @app.get("/items/<key>")
+    def write(key: str) -> str:
+        db.session.add(Item(key=key))
+        return "ok"
+
+    assert app.test_client().get("/items/a").status_code == 500
+    assert stored_keys(observer) == []
