@@ -4,6 +4,8 @@ sessions so that their connections always go back to the pool."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from flask import Response
 from sqlalchemy.exc import DBAPIError
@@ -26,6 +28,20 @@ def should_commit(scope: ContextScope, autocommit: bool, rule: CommitRule, respo
     if scope.rollback_only:
         return False
     return bool(rule(response))
+
+
+def finish_request(scope: ContextScope, commit: bool) -> None:
+    """Commit or roll back the request's session. If the commit fails, the
+    session is closed and dropped from the scope before the error is raised."""
+    session = scope.session
+    assert session is not None
+    if not commit:
+        roll_back(session)
+        return
+    scope.session = None
+    commit_or_discard(session)
+    scope.session = session
+    scope.committed = True
 
 
 def commit_or_discard(session: Session) -> None:
@@ -74,6 +90,19 @@ def close_quietly(session: Session) -> None:
         session.close()
     except Exception:
         logger.exception("closing a session failed; its connection was discarded")
+
+
+def close_after_body(body: Iterable[Any], scope: ContextScope) -> Iterator[Any]:
+    """Yield a streamed response's body, then close the request's sessions
+    (also when the server stops early or the body is garbage collected)."""
+    try:
+        yield from body
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        scope.streaming = False
+        close_scope(scope)
 
 
 def close_scope(scope: ContextScope) -> None:

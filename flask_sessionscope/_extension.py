@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _guards
-from ._commit import close_scope, commit_or_discard, roll_back, should_commit
+from ._commit import close_after_body, close_scope, finish_request, should_commit
 from ._errors import ConfigurationError
 from ._failures import answer_unavailability, failure_response
 from ._fork import protect_from_fork
@@ -244,22 +244,21 @@ class SessionScope:
             return response
         state = self._state(ctx.app)
         decision = should_commit(scope, state.autocommit, state.commit_rule, response)
-        if decision is None:
-            return response
-        session = scope.session
-        if not decision:
-            roll_back(session)
-            return response
-        scope.session = None  # if the commit fails, the session is closed and gone
-        try:
-            commit_or_discard(session)
-        except Exception as error:
-            failed = failure_response(ctx.app, error)
-            if failed is None:
-                raise  # the app's normal error handling turns it into a 500
-            return failed
-        scope.session = session
-        scope.committed = True
+        if decision is not None:
+            try:
+                finish_request(scope, decision)
+            except Exception as error:
+                failed = failure_response(ctx.app, error)
+                if failed is None:
+                    raise  # the app's normal error handling turns it into a 500
+                # The replacement gets the app's after_request treatment (CORS
+                # headers, request ids), as Flask gives its own 500 page.
+                return ctx.app.process_response(failed)
+        if response.is_streamed and not response.direct_passthrough:
+            # Flask 3.1 tears the request down before the body is generated;
+            # the session must outlive that, so the body closes it instead.
+            scope.streaming = True
+            response.response = close_after_body(response.response, scope)
         return response
 
     def _end_request_context(self, exc: BaseException | None = None) -> None:
@@ -290,7 +289,7 @@ def _read_only_if_safe_method() -> None:
 
 def _close_context(ctx: Context | None) -> None:
     scope = scope_of(ctx) if ctx is not None else None
-    if scope is not None:
+    if scope is not None and not scope.streaming:
         close_scope(scope)
 
 

@@ -40,7 +40,15 @@ class ContextScope:
     database allocates nothing.
     """
 
-    __slots__ = ("autocommit", "committed", "read_only", "rollback_only", "session", "transaction")
+    __slots__ = (
+        "autocommit",
+        "committed",
+        "read_only",
+        "rollback_only",
+        "session",
+        "streaming",
+        "transaction",
+    )
 
     def __init__(self) -> None:
         #: The context's lazily created session (``db.session``).
@@ -55,6 +63,8 @@ class ContextScope:
         self.read_only = False
         #: The end-of-request commit has happened (later writes are lost).
         self.committed = False
+        #: A streamed body is being sent: its end, not teardown, closes the sessions.
+        self.streaming = False
 
     def current_session(self) -> Session | None:
         """The session ``db.session`` means right now, if it exists yet."""

@@ -289,3 +289,25 @@ def test_apps_handler_for_a_base_class_still_sees_database_errors(
     response = client.post("/items/a")
     assert (response.status_code, response.json) == (409, {"error": "IntegrityError"})
     assert stored_keys(observer) == ["a"]
+
+
+def test_503_from_a_failed_commit_gets_the_apps_after_request_headers(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.after_request
+    def cors(response: Any) -> Any:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        kill_backend_of(db.session, observer, server_backend)
+        db.session.add(Item(key=key))  # flushed by the commit, on a dead connection
+        return "created", 201
+
+    response = app.test_client().post("/items/a")
+    assert response.status_code == 503
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert stored_keys(observer) == []

@@ -382,3 +382,33 @@ def test_session_is_per_request_under_a_preserving_test_client(
             assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert len({id(s) for s in sessions}) == 3
     assert stored_keys(observer) == ["a", "b", "c"]
+
+
+def test_objects_loaded_by_the_view_can_be_streamed(make_app: AppFactory) -> None:
+    """The export pattern: query in the view, stream the rows. Flask 3.1 tears
+    the request down before the body runs; the session must outlive that."""
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> str:
+        db.session.add(Item(key=key))
+        return "ok"
+
+    @app.get("/export")
+    def export() -> Response:
+        items = db.session.scalars(sa.select(Item).order_by(Item.key)).all()
+
+        @stream_with_context
+        def rows() -> Any:
+            for item in items:
+                yield f"{item.key}\n"
+
+        return Response(rows(), mimetype="text/csv")
+
+    client = app.test_client()
+    for key in ("a", "b"):
+        client.post(f"/items/{key}")
+    response = client.get("/export")
+    assert (response.status_code, response.text) == (200, "a\nb\n")
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
