@@ -106,8 +106,10 @@ class SessionScope:
         # the first one in the list runs after all others, including any
         # registered later: that is where the commit belongs.
         app.after_request_funcs.setdefault(None, []).insert(0, self._end_request)
-        app.teardown_request(self._end_request_context)
-        app.teardown_appcontext(self._end_app_context)
+        # Teardown functions also run last-registered-first: first in the
+        # list, ours close whatever the app's own teardown functions opened.
+        app.teardown_request_funcs.setdefault(None, []).insert(0, self._end_request_context)
+        app.teardown_appcontext_funcs.insert(0, self._end_app_context)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:
             # First in the list, so that sessions opened by the app's own

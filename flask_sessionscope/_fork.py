@@ -17,11 +17,29 @@ import weakref
 from sqlalchemy.engine import Engine
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_generation = 0
+#: Sessions a child inherited in use (a fork in the middle of a request).
+#: Kept referenced and never touched: closing them, or letting the garbage
+#: collector return their connections, would talk on the parent's sockets.
+_inherited: list[object] = []
 
 
 def _forget_inherited_pools() -> None:
+    global _generation
+    _generation += 1
     for engine in list(_engines):
         engine.dispose(close=False)
+
+
+def fork_generation() -> int:
+    """How many forks separate this process from the one that imported us;
+    a per-context record made in another generation belongs to a parent."""
+    return _generation
+
+
+def abandon(*sessions: object) -> None:
+    """Keep sessions inherited from the parent out of reach for good."""
+    _inherited.extend(session for session in sessions if session is not None)
 
 
 def protect_from_fork(engine: Engine) -> None:

@@ -21,6 +21,8 @@ from flask.ctx import AppContext, RequestContext
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.orm import Session
 
+from ._fork import abandon, fork_generation
+
 Context: TypeAlias = AppContext | RequestContext
 
 _ATTRIBUTE = "_flask_sessionscope"
@@ -43,6 +45,7 @@ class ContextScope:
     __slots__ = (
         "autocommit",
         "committed",
+        "generation",
         "read_only",
         "rollback_only",
         "session",
@@ -65,9 +68,20 @@ class ContextScope:
         self.committed = False
         #: A streamed body is being sent: its end, not teardown, closes the sessions.
         self.streaming = False
+        #: The fork generation of the process that opened the sessions.
+        self.generation = fork_generation()
 
     def current_session(self) -> Session | None:
-        """The session ``db.session`` means right now, if it exists yet."""
+        """The session ``db.session`` means right now, if it exists yet.
+
+        In a child forked while the context was active, the parent's sessions
+        are abandoned (their connections are the parent's) and None is
+        returned, so the child opens its own.
+        """
+        if self.generation != fork_generation():
+            abandon(self.session, self.transaction)
+            self.session = self.transaction = None
+            self.generation = fork_generation()
         return self.transaction or self.session
 
 

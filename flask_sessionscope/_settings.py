@@ -91,7 +91,7 @@ def _parse_url(value: Any, key: str) -> URL:
         )
     try:
         return make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         # The unparsable string may hold a password: never repeat it.
         raise ConfigurationError(
             f"{key} is not a valid database URL;"
@@ -202,12 +202,11 @@ def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, E
     :class:`ConfigurationError` that names the key at fault."""
     engines: dict[str | None, Engine] = {}
     for name, spec in specs.items():
-        shown = spec.url.render_as_string(hide_password=True)
         try:
             engines[name] = sa.create_engine(spec.url, **spec.options)
         except NoSuchModuleError:
             raise ConfigurationError(
-                f"{spec.source}: SQLAlchemy has no dialect or driver {spec.url.drivername!r} (URL {shown})"
+                f"{spec.source}: SQLAlchemy has no dialect or driver {spec.url.drivername!r}"
             ) from None
         except ImportError as error:
             raise ConfigurationError(

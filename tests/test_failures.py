@@ -311,3 +311,51 @@ def test_503_from_a_failed_commit_gets_the_apps_after_request_headers(
     assert response.status_code == 503
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert stored_keys(observer) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_mid_request_opens_its_own_session(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    app, db = make_app()
+
+    @app.get("/fork")
+    def fork() -> dict[str, int]:
+        parent_id = connection_id(db.session, server_backend)  # the request's session holds a connection
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                os.write(write_end, str(connection_id(db.session, server_backend)).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        child_id = int(os.read(read_end, 100))
+        os.waitpid(child, 0)
+        return {"parent": parent_id, "child": child_id, "after": connection_id(db.session, server_backend)}
+
+    ids = app.test_client().get("/fork").json
+    assert ids is not None
+    assert ids["child"] != ids["parent"]
+    assert ids["after"] == ids["parent"]  # the parent's connection was left alone
+
+
+def test_sessions_opened_by_the_apps_teardown_functions_are_closed(database_url: Any) -> None:
+    app = Flask(__name__)
+    app.config["SESSIONSCOPE_DATABASE_URL"] = database_url
+    db = SessionScope()
+
+    @app.teardown_request
+    def audit(exc: BaseException | None) -> None:  # registered before init_app
+        db.session.execute(sa.select(1))
+
+    db.init_app(app)
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    assert app.test_client().get("/").status_code == 200
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        db.engine.dispose()

@@ -168,6 +168,11 @@ def test_binds_route_models_to_their_engine(tmp_path: Path, database_url: URL, o
         ({"SESSIONSCOPE_DATABASE_URL": f"nosuchdb://u:{SECRET}@h/d"}, "SESSIONSCOPE_DATABASE_URL"),
         ({"SESSIONSCOPE_DATABASE_URL": f"postgresql+nodriver://u:{SECRET}@h/d"}, "SESSIONSCOPE_DATABASE_URL"),
         (
+            {"SESSIONSCOPE_DATABASE_URL": f"postgresql+nodriver://u@h/d?password={SECRET}"},
+            "SESSIONSCOPE_DATABASE_URL",
+        ),
+        ({"SESSIONSCOPE_DATABASE_URL": f"postgresql://u:{SECRET}@h:port/d"}, "SESSIONSCOPE_DATABASE_URL"),
+        (
             {
                 "SESSIONSCOPE_DATABASE_URL": "sqlite://",
                 "SESSIONSCOPE_BINDS": {"x": f"bad+bad://u:{SECRET}@h/d"},
