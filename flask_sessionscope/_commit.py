@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ._failures import CommitInterrupted
-from ._guards import has_unsaved_writes, is_read_only
+from ._guards import forget_writes, has_unsaved_writes, is_read_only
 from ._scope import ContextScope
 from ._settings import CommitRule
 
@@ -40,6 +40,7 @@ def finish_request(scope: ContextScope, commit: bool) -> None:
         return
     scope.session = None
     commit_or_discard(session)
+    forget_writes(session)
     scope.session = session
     scope.committed = True
 

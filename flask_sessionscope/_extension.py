@@ -51,6 +51,8 @@ class _AppState:
     commit_rule: CommitRule
     #: AUTOCOMMIT variants of the engines, for read-only sessions.
     autocommit_engines: dict[Engine, Engine]
+    #: The session class of read-only sessions (refuses writes).
+    read_only_class: type[Session]
 
 
 class SessionScope:
@@ -99,17 +101,20 @@ class SessionScope:
             settings.autocommit,
             settings.commit_rule,
             autocommit_variants(engines),
+            _guards.read_only_class(factory),
         )
         app.extensions[EXTENSION_KEY] = self
 
         # Flask runs app-wide after_request functions last-registered-first, so
         # the first one in the list runs after all others, including any
         # registered later: that is where the commit belongs.
-        app.after_request_funcs.setdefault(None, []).insert(0, self._end_request)
+        # The hooks are plain functions: Flask checks each hook for being a
+        # coroutine on every request, which costs more for bound methods.
+        app.after_request_funcs.setdefault(None, []).insert(0, _end_request)
         # Teardown functions also run last-registered-first: first in the
         # list, ours close whatever the app's own teardown functions opened.
-        app.teardown_request_funcs.setdefault(None, []).insert(0, self._end_request_context)
-        app.teardown_appcontext_funcs.insert(0, self._end_app_context)
+        app.teardown_request_funcs.setdefault(None, []).insert(0, _end_request_context)
+        app.teardown_appcontext_funcs.insert(0, _end_app_context)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:
             # First in the list, so that sessions opened by the app's own
@@ -233,46 +238,48 @@ class SessionScope:
         factory = state.sessionmaker
         if not scope.read_only:
             return factory()
-        session = factory(**read_only_binds(factory.kw, state.autocommit_engines))
-        _guards.mark_read_only(session)
-        return session
-
-    def _end_request(self, response: Response) -> Response:
-        """Commit or roll back the request's session, after every other
-        after_request function and before the response is sent."""
-        ctx = _cv_request.get()
-        scope = scope_of(ctx)
-        if scope is None or scope.session is None:
-            return response
-        state = self._state(ctx.app)
-        decision = should_commit(scope, state.autocommit, state.commit_rule, response)
-        if decision is not None:
-            try:
-                finish_request(scope, decision)
-            except Exception as error:
-                failed = failure_response(ctx.app, error)
-                if failed is None:
-                    raise  # the app's normal error handling turns it into a 500
-                # The replacement gets the app's after_request treatment (CORS
-                # headers, request ids), as Flask gives its own 500 page.
-                return ctx.app.process_response(failed)
-        if response.is_streamed and not response.direct_passthrough:
-            # Flask 3.1 tears the request down before the body is generated;
-            # the session must outlive that, so the body closes it instead.
-            scope.streaming = True
-            response.response = close_after_body(response.response, scope)
-        return response
-
-    def _end_request_context(self, exc: BaseException | None = None) -> None:
-        """Teardown of a request: close and forget the request's sessions."""
-        _close_context(_cv_request.get(None))
-
-    def _end_app_context(self, exc: BaseException | None = None) -> None:
-        """Teardown of an app context: close and forget its sessions."""
-        _close_context(_cv_app.get(None))
+        fast_binds = read_only_binds(factory.kw, state.autocommit_engines)
+        return _guards.new_read_only_session(state.read_only_class, factory, **fast_binds)
 
     def _shell_context(self) -> dict[str, Any]:
         return {**mapped_classes(), "db": self}
+
+
+def _end_request(response: Response) -> Response:
+    """Commit or roll back the request's session, after every other
+    after_request function and before the response is sent."""
+    ctx = _cv_request.get()
+    scope = scope_of(ctx)
+    if scope is None or scope.session is None:
+        return response
+    state: _AppState = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
+    decision = should_commit(scope, state.autocommit, state.commit_rule, response)
+    if decision is not None:
+        try:
+            finish_request(scope, decision)
+        except Exception as error:
+            failed = failure_response(ctx.app, error)
+            if failed is None:
+                raise  # the app's normal error handling turns it into a 500
+            # The replacement gets the app's after_request treatment (CORS
+            # headers, request ids), as Flask gives its own 500 page.
+            return ctx.app.process_response(failed)
+    if response.is_streamed and not response.direct_passthrough:
+        # Flask 3.1 tears the request down before the body is generated;
+        # the session must outlive that, so the body closes it instead.
+        scope.streaming = True
+        response.response = close_after_body(response.response, scope)
+    return response
+
+
+def _end_request_context(exc: BaseException | None = None) -> None:
+    """Teardown of a request: close and forget the request's sessions."""
+    _close_context(_cv_request.get(None))
+
+
+def _end_app_context(exc: BaseException | None = None) -> None:
+    """Teardown of an app context: close and forget its sessions."""
+    _close_context(_cv_app.get(None))
 
 
 def _mark_read_only(scope: ContextScope) -> None:

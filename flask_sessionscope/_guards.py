@@ -1,8 +1,10 @@
 """Session event listeners: refusing writes in read-only sessions, and noting
 writes so that changes made after the end-of-request commit can be reported.
 
-They are attached once to each app's sessionmaker, not to each session, so a
-session costs nothing extra to create.
+Ordinary sessions carry only the cheap flush listener. The refusal listeners
+live on a read-only subclass of the app's session class, so that the
+statement hook they need costs nothing to sessions that may write; a session
+that becomes read-only after it was opened gets them on the instance.
 """
 
 from __future__ import annotations
@@ -21,7 +23,28 @@ FLUSHED = "flask_sessionscope.flushed"
 
 def mark_read_only(session: Session) -> None:
     """Make every later write through ``session`` raise :class:`ReadOnlySessionError`."""
+    if is_read_only(session):
+        return
     session.info[READ_ONLY] = True
+    event.listen(session, "before_flush", _refuse_flush)
+    event.listen(session, "do_orm_execute", _refuse_dml)
+
+
+def read_only_class(factory: sessionmaker[Session]) -> type[Session]:
+    """A subclass of ``factory``'s session class whose instances refuse writes
+    from the start (they still need :func:`mark_read_only`'s flag, which
+    :func:`new_read_only_session` sets)."""
+    cls: type[Session] = type("ReadOnlySession", (factory.class_,), {})
+    event.listen(cls, "before_flush", _refuse_flush)
+    event.listen(cls, "do_orm_execute", _refuse_dml)
+    return cls
+
+
+def new_read_only_session(cls: type[Session], factory: sessionmaker[Session], **overrides: Any) -> Session:
+    """A session of the read-only class ``cls``, configured like ``factory``'s."""
+    session = cls(**{**factory.kw, **overrides})
+    session.info[READ_ONLY] = True
+    return session
 
 
 def is_read_only(session: Session) -> bool:
@@ -85,9 +108,5 @@ def _note_flush(session: Session, flush_context: UOWTransaction) -> None:
 
 
 def install(factory: sessionmaker[Session]) -> None:
-    """Attach the listeners to every session ``factory`` will create."""
-    event.listen(factory, "before_flush", _refuse_flush)
-    event.listen(factory, "do_orm_execute", _refuse_dml)
+    """Note the flushes of every session ``factory`` will create."""
     event.listen(factory, "after_flush", _note_flush)
-    event.listen(factory, "after_commit", forget_writes)
-    event.listen(factory, "after_rollback", forget_writes)
