@@ -16,7 +16,10 @@ extension does on every request:
   an after_request function instead of only closing it (the extension
   commits every successful request, reads included); the same with the
   extension's session listeners on its sessionmaker (``_guards.install``);
-  both plus two no-op hooks; and the extension;
+  both plus two no-op hooks; the pattern with a no-op engine-level
+  ``savepoint`` listener (the extension installs one on pysqlite engines,
+  and any Connection-level listener puts every statement of the engine on
+  SQLAlchemy's event-dispatching path); and the extension;
 - read by key on PostgreSQL, read-only: the hand-written pattern in a
   transaction, then on AUTOCOMMIT connections (a dedicated engine, or a
   normal engine's connections switched at checkout as the extension's
@@ -43,6 +46,7 @@ from typing import Any
 import bench_apps
 import sqlalchemy as sa
 from flask import Flask, g
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import EnvironBuilder
 
@@ -68,6 +72,7 @@ def hand_written(
     guards: bool = False,
     hooks: bool = False,
     autocommit: str = "",
+    engine_listener: bool = False,
 ) -> Flask:
     """The hand-written pattern, plus what the extension does on top of it.
 
@@ -88,6 +93,10 @@ def hand_written(
         engine = sa.create_engine(url).execution_options(isolation_level="AUTOCOMMIT")
     else:
         engine = sa.create_engine(url)
+    if engine_listener:
+        # Any Connection-level listener on the engine (here one that does
+        # nothing) sends every statement through SQLAlchemy's event dispatch.
+        event.listen(engine, "savepoint", lambda conn, name: None)
     factory = sessionmaker(engine)
     if guards:
         _guards.install(factory)
@@ -204,6 +213,7 @@ def run(url: str, rounds: int) -> None:
             "+ commit + listeners + 2 no-op hooks": hand_written(
                 url, commit_after=True, guards=True, hooks=True
             ),
+            "+ a no-op engine 'savepoint' listener": hand_written(url, engine_listener=True),
             "flask-sessionscope": bench_apps.sessionscope_defaults(url, {}),
         },
         rounds,
