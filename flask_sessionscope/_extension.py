@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _guards
-from ._commit import close_after_body, close_scope, finish_request, should_commit
+from ._commit import begin_before_savepoint, close_after_body, close_scope, finish_request, should_commit
 from ._errors import ConfigurationError
 from ._failures import answer_unavailability, failure_response
 from ._fork import protect_from_fork
@@ -27,10 +27,9 @@ from ._settings import (
     BINDS_KEY,
     SESSION_OPTIONS_KEY,
     CommitRule,
-    autocommit_variants,
     create_engines,
-    read_only_binds,
     read_settings,
+    reads_faster_in_autocommit,
     resolve_session_options,
 )
 from ._shell import mapped_classes
@@ -49,8 +48,6 @@ class _AppState:
     sessionmaker: sessionmaker[Session]
     autocommit: bool
     commit_rule: CommitRule
-    #: AUTOCOMMIT variants of the engines, for read-only sessions.
-    autocommit_engines: dict[Engine, Engine]
     #: The session class of read-only sessions (refuses writes).
     read_only_class: type[Session]
 
@@ -100,7 +97,6 @@ class SessionScope:
             factory,
             settings.autocommit,
             settings.commit_rule,
-            autocommit_variants(engines),
             _guards.read_only_class(factory),
         )
         app.extensions[EXTENSION_KEY] = self
@@ -178,6 +174,7 @@ class SessionScope:
         ctx = current_context()
         scope = ensure_scope(ctx)
         if scope.transaction is not None:
+            begin_before_savepoint(scope.transaction)
             with scope.transaction.begin_nested():
                 yield scope.transaction
             return
@@ -238,8 +235,12 @@ class SessionScope:
         factory = state.sessionmaker
         if not scope.read_only:
             return factory()
-        fast_binds = read_only_binds(factory.kw, state.autocommit_engines)
-        return _guards.new_read_only_session(state.read_only_class, factory, **fast_binds)
+        session = _guards.new_read_only_session(state.read_only_class, factory)
+        if reads_faster_in_autocommit(factory.kw.get("bind")):
+            # Each statement its own transaction: no BEGIN, no ROLLBACK. The
+            # pool restores the normal mode when the connection goes back.
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return session
 
     def _shell_context(self) -> dict[str, Any]:
         return {**mapped_classes(), "db": self}

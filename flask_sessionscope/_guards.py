@@ -40,9 +40,10 @@ def read_only_class(factory: sessionmaker[Session]) -> type[Session]:
     return cls
 
 
-def new_read_only_session(cls: type[Session], factory: sessionmaker[Session], **overrides: Any) -> Session:
-    """A session of the read-only class ``cls``, configured like ``factory``'s."""
-    session = cls(**{**factory.kw, **overrides})
+def new_read_only_session(cls: type[Session], factory: sessionmaker[Session]) -> Session:
+    """A session of the read-only class ``cls``, configured like ``factory``'s
+    (read at call time, so a test fixture's rebinding applies)."""
+    session = cls(**factory.kw)
     session.info[READ_ONLY] = True
     return session
 

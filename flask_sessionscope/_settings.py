@@ -15,7 +15,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Response
-from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
@@ -216,19 +215,7 @@ def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, E
             ) from None
         except (TypeError, ArgumentError) as error:
             raise ConfigurationError(f"{spec.options_source}: invalid engine option: {error}") from None
-        if spec.url.get_backend_name() == "sqlite" and spec.url.get_driver_name() == "pysqlite":
-            event.listen(engines[name], "savepoint", _begin_before_first_savepoint)
     return engines
-
-
-def _begin_before_first_savepoint(conn: sa.Connection, name: str) -> None:
-    """pysqlite, in its default mode, sends no BEGIN until the first INSERT,
-    UPDATE or DELETE. A SAVEPOINT sent outside a transaction opens one of its
-    own, and releasing it then commits, so a nested ``db.transaction()``
-    would commit early. Opening the transaction first keeps the savepoint
-    inside it; read-only work still takes no lock."""
-    if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-        conn.exec_driver_sql("BEGIN")
 
 
 def resolve_session_options(
@@ -264,31 +251,8 @@ def _engine_named(engines: Mapping[str | None, Engine], name: str) -> Engine:
 _AUTOCOMMIT_BACKENDS = frozenset({"postgresql", "mysql", "mariadb", "mssql", "oracle"})
 
 
-def autocommit_variants(engines: Mapping[str | None, Engine]) -> dict[Engine, Engine]:
-    """For each engine that supports it, a variant whose connections run in
-    AUTOCOMMIT mode; SQLAlchemy restores the normal mode when a connection
-    goes back to the pool."""
-    return {
-        engine: engine.execution_options(isolation_level="AUTOCOMMIT")
-        for engine in engines.values()
-        if engine.url.get_backend_name() in _AUTOCOMMIT_BACKENDS
-    }
-
-
-def read_only_binds(session_options: Mapping[str, Any], variants: Mapping[Engine, Engine]) -> dict[str, Any]:
-    """Session arguments that put a read-only session on AUTOCOMMIT engines.
-
-    Empty (keep the normal binds) unless every engine the sessionmaker is
-    bound to has such a variant, e.g. when a test fixture has rebound the
-    sessionmaker to a connection inside a transaction.
-    """
-    bind = session_options.get("bind")
-    binds = session_options.get("binds") or {}
-    if not isinstance(bind, Engine) or bind not in variants:
-        return {}
-    if not all(target in variants for target in binds.values()):
-        return {}
-    fast: dict[str, Any] = {"bind": variants[bind]}
-    if binds:
-        fast["binds"] = {mapped: variants[target] for mapped, target in binds.items()}
-    return fast
+def reads_faster_in_autocommit(bind: object) -> bool:
+    """Whether read-only sessions bound to ``bind`` should run on an AUTOCOMMIT
+    connection: only for an Engine of a backend that saves round trips by it,
+    not for a Connection (a test fixture's, already inside a transaction)."""
+    return isinstance(bind, Engine) and bind.url.get_backend_name() in _AUTOCOMMIT_BACKENDS
