@@ -102,6 +102,11 @@ def close_quietly(session: Session) -> None:
     original one."""
     try:
         session.close()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            logger.exception("closing a session failed; its connection was discarded")
+            return
+        logger.warning("the database connection was lost before the session was closed; nothing was committed")
     except Exception:
         logger.exception("closing a session failed; its connection was discarded")
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, got_request_exception, request
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +22,7 @@ from ._commit import begin_before_savepoint, close_after_body, close_scope, fini
 from ._errors import ConfigurationError
 from ._failures import answer_unavailability, failure_response
 from ._fork import protect_from_fork
-from ._scope import Context, ContextScope, current_context, ensure_scope, scope_of
+from ._scope import Context, ContextScope, current_context, ensure_scope, scope_of, scopes_ending_with
 from ._settings import (
     BINDS_KEY,
     SESSION_OPTIONS_KEY,
@@ -107,10 +107,14 @@ class SessionScope:
         # The hooks are plain functions: Flask checks each hook for being a
         # coroutine on every request, which costs more for bound methods.
         app.after_request_funcs.setdefault(None, []).insert(0, _end_request)
-        # Teardown functions also run last-registered-first: first in the
-        # list, ours close whatever the app's own teardown functions opened.
-        app.teardown_request_funcs.setdefault(None, []).insert(0, _end_request_context)
+        # A request's session is closed by _end_request, or, when the request
+        # fails before that runs, by _end_failed_request; the app context's
+        # teardown closes whatever is left. Teardown functions also run
+        # last-registered-first: first in the list, ours closes whatever the
+        # app's own teardown functions opened. Two hooks per request, not
+        # three: Flask's cost per hook is most of the extension's cost.
         app.teardown_appcontext_funcs.insert(0, _end_app_context)
+        got_request_exception.connect(_end_failed_request, app, weak=False)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:
             # First in the list, so that sessions opened by the app's own
@@ -270,17 +274,29 @@ def _end_request(response: Response) -> Response:
         # the session must outlive that, so the body closes it instead.
         scope.streaming = True
         response.response = close_after_body(response.response, scope)
+    else:
+        close_scope(scope)
     return response
 
 
-def _end_request_context(exc: BaseException | None = None) -> None:
-    """Teardown of a request: close and forget the request's sessions."""
-    _close_context(_cv_request.get(None))
+def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """got_request_exception: an unhandled exception ends the request before
+    (or instead of) _end_request; roll back and close now, not at the end of
+    an app context that may outlive the request."""
+    ctx = _cv_request.get(None)
+    scope = scope_of(ctx) if ctx is not None else None
+    if scope is not None and not scope.streaming:
+        close_scope(scope)
 
 
 def _end_app_context(exc: BaseException | None = None) -> None:
-    """Teardown of an app context: close and forget its sessions."""
-    _close_context(_cv_app.get(None))
+    """Teardown of an app context: close the sessions it and its requests left."""
+    app_ctx = _cv_app.get(None)
+    if app_ctx is None:
+        return
+    for scope in scopes_ending_with(app_ctx):
+        if not scope.streaming:
+            close_scope(scope)
 
 
 def _mark_read_only(scope: ContextScope) -> None:
@@ -295,12 +311,6 @@ def _read_only_if_safe_method() -> None:
     """before_request: treat GET, HEAD and OPTIONS views as ``@read_only``."""
     if request.method in _SAFE_METHODS:
         _mark_read_only(ensure_scope(current_context()))
-
-
-def _close_context(ctx: Context | None) -> None:
-    scope = scope_of(ctx) if ctx is not None else None
-    if scope is not None and not scope.streaming:
-        close_scope(scope)
 
 
 def _wrap_view(view: View, mark: Callable[[ContextScope], None]) -> View:

@@ -26,6 +26,7 @@ from ._fork import abandon, fork_generation
 Context: TypeAlias = AppContext | RequestContext
 
 _ATTRIBUTE = "_flask_sessionscope"
+_REQUEST_SCOPES = "_flask_sessionscope_requests"
 
 NO_CONTEXT_MESSAGE = (
     "db.session needs an active Flask app context. Inside a request one exists"
@@ -106,9 +107,24 @@ def scope_of(ctx: Context) -> ContextScope | None:
 
 
 def ensure_scope(ctx: Context) -> ContextScope:
-    """The context's scope, created on first need."""
+    """The context's scope, created on first need.
+
+    A request's scope is also listed on the app context it runs in, whose
+    teardown closes it should nothing else have done so first.
+    """
     scope = scope_of(ctx)
     if scope is None:
         scope = ContextScope()
         setattr(ctx, _ATTRIBUTE, scope)
+        if isinstance(ctx, RequestContext):
+            app_ctx = _cv_app.get()
+            app_ctx.__dict__.setdefault(_REQUEST_SCOPES, []).append(scope)
     return scope
+
+
+def scopes_ending_with(app_ctx: AppContext) -> list[ContextScope]:
+    """The scopes an ending app context is responsible for: its own and those
+    of the requests that ran in it."""
+    scopes: list[ContextScope] = app_ctx.__dict__.pop(_REQUEST_SCOPES, [])
+    own = scope_of(app_ctx)
+    return [*scopes, own] if own is not None else scopes
