@@ -106,7 +106,9 @@ def close_quietly(session: Session) -> None:
         if not error.connection_invalidated:
             logger.exception("closing a session failed; its connection was discarded")
             return
-        logger.warning("the database connection was lost before the session was closed; nothing was committed")
+        logger.warning(
+            "the database connection was lost before the session was closed; nothing was committed"
+        )
     except Exception:
         logger.exception("closing a session failed; its connection was discarded")
 

@@ -21,7 +21,7 @@ from . import _guards
 from ._commit import begin_before_savepoint, close_after_body, close_scope, finish_request, should_commit
 from ._errors import ConfigurationError
 from ._failures import answer_unavailability, failure_response
-from ._fork import protect_from_fork
+from ._processes import track
 from ._scope import Context, ContextScope, current_context, ensure_scope, scope_of, scopes_ending_with
 from ._settings import (
     BINDS_KEY,
@@ -85,7 +85,7 @@ class SessionScope:
         settings = read_settings(app.config, app.instance_path)
         engines = create_engines(settings.engines)
         for engine in engines.values():
-            protect_from_fork(engine)
+            track(engine)
         try:
             factory = sessionmaker(**resolve_session_options(settings.session_options, engines))
             factory().close()  # let SQLAlchemy reject unknown options now, not at the first request

@@ -21,7 +21,7 @@ from flask.ctx import AppContext, RequestContext
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.orm import Session
 
-from ._fork import abandon, fork_generation
+from ._processes import abandon, fork_generation
 
 Context: TypeAlias = AppContext | RequestContext
 

@@ -1,4 +1,4 @@
-"""Keeping pooled connections out of forked children.
+"""Engines across process boundaries: forked children and interpreter exit.
 
 A database connection is a socket: if a child process (a gunicorn worker
 forked after ``--preload``, a ``multiprocessing`` worker) used a connection
@@ -7,10 +7,14 @@ other's conversation. In the child, right after the fork, every engine the
 extension made drops the pool it inherited without closing those connections
 (closing them would also close them for the parent), as SQLAlchemy
 recommends; the child then opens connections of its own on first use.
+
+At interpreter exit the pools are closed properly, instead of leaving each
+idle connection to the garbage collector (psycopg warns about every one).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import weakref
 
@@ -42,9 +46,18 @@ def abandon(*sessions: object) -> None:
     _inherited.extend(session for session in sessions if session is not None)
 
 
-def protect_from_fork(engine: Engine) -> None:
-    """Make ``engine`` start with an empty pool in any child forked later."""
+def track(engine: Engine) -> None:
+    """Make ``engine`` start with an empty pool in any child forked later, and
+    close its pool at interpreter exit."""
     _engines.add(engine)
+
+
+def _close_pools_at_exit() -> None:
+    for engine in list(_engines):
+        engine.dispose()
+
+
+atexit.register(_close_pools_at_exit)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
