@@ -22,7 +22,7 @@ logger = logging.getLogger("flask_sessionscope")
 def should_commit(scope: ContextScope, autocommit: bool, rule: CommitRule, response: Response) -> bool | None:
     """Decide the end of a request: True to commit, False to roll back, None
     when the app has taken the decision for itself (autocommit off or
-    ``@manual_commit``), in which case the session is only closed later."""
+    ``@manual_commit``), in which case the session is just closed."""
     if not (autocommit and scope.autocommit):
         return None
     if scope.rollback_only:

@@ -59,8 +59,8 @@ class SessionScope:
     The session is created on first use of :attr:`session`. At the end of a
     request it is committed when the request succeeded (by default: status
     below 400 and no unhandled exception), rolled back otherwise, and always
-    closed at teardown. One instance may serve several apps; each app gets its
-    own engines and a single sessionmaker.
+    closed when the request ends. One instance may serve several apps; each
+    app gets its own engines and a single sessionmaker.
     """
 
     def __init__(self, app: Flask | None = None) -> None:
