@@ -15,6 +15,7 @@ and again when the body ends, and the flags must survive in between.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeAlias
 
 from flask.ctx import AppContext, RequestContext
@@ -122,9 +123,12 @@ def ensure_scope(ctx: Context) -> ContextScope:
     return scope
 
 
-def scopes_ending_with(app_ctx: AppContext) -> list[ContextScope]:
+def scopes_ending_with(app_ctx: AppContext) -> Sequence[ContextScope]:
     """The scopes an ending app context is responsible for: its own and those
-    of the requests that ran in it."""
-    scopes: list[ContextScope] = app_ctx.__dict__.pop(_REQUEST_SCOPES, [])
+    of the requests that ran in it. Allocates nothing when there are none,
+    since this runs at the end of every request."""
+    scopes: list[ContextScope] | None = app_ctx.__dict__.pop(_REQUEST_SCOPES, None)
     own = scope_of(app_ctx)
-    return [*scopes, own] if own is not None else scopes
+    if own is not None:
+        return (*(scopes or ()), own)
+    return scopes or ()
