@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, got_request_exception, request
+from flask.ctx import RequestContext
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +23,17 @@ from ._commit import begin_before_savepoint, close_after_body, close_scope, fini
 from ._errors import ConfigurationError
 from ._failures import answer_unavailability, failure_response
 from ._processes import track
-from ._scope import Context, ContextScope, current_context, ensure_scope, scope_of, scopes_ending_with
+from ._scope import (
+    OPEN_SCOPES_ATTRIBUTE,
+    SCOPE_ATTRIBUTE,
+    Context,
+    ContextScope,
+    close_at_app_context_end,
+    current_context,
+    ensure_scope,
+    scope_of,
+    take_open_scopes,
+)
 from ._settings import (
     BINDS_KEY,
     SESSION_OPTIONS_KEY,
@@ -132,15 +143,12 @@ class SessionScope:
         """The current request's (or app context's) session, created on first
         access. Raises :class:`RuntimeError` outside an app context."""
         ctx = current_context()
-        scope = scope_of(ctx)
-        if scope is None:
-            scope = ensure_scope(ctx)
-        else:
-            session = scope.current_session()
-            if session is not None:
-                return session
-        scope.session = self._new_session(ctx, scope)
-        return scope.session
+        scope = ensure_scope(ctx)
+        session = scope.current_session()
+        if session is None:
+            session = scope.session = self._new_session(ctx, scope)
+            close_at_app_context_end(scope)
+        return session
 
     @property
     def engine(self) -> Engine:
@@ -254,9 +262,14 @@ def _end_request(response: Response) -> Response:
     """Commit or roll back the request's session, after every other
     after_request function and before the response is sent."""
     ctx = _cv_request.get()
-    scope = scope_of(ctx)
+    scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     if scope is None or scope.session is None:
         return response
+    return _commit_or_roll_back(ctx, scope, response)
+
+
+def _commit_or_roll_back(ctx: RequestContext, scope: ContextScope, response: Response) -> Response:
+    """The end of a request that used its session: decide, finish, close."""
     state: _AppState = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
     decision = should_commit(scope, state.autocommit, state.commit_rule, response)
     if decision is not None:
@@ -291,11 +304,15 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
 
 def _end_app_context(exc: BaseException | None = None) -> None:
     """Teardown of an app context: close the sessions it and its requests left."""
-    app_ctx = _cv_app.get(None)
-    if app_ctx is None:
+    app_ctx = _cv_app.get()
+    if not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
         return
-    for scope in scopes_ending_with(app_ctx):
-        if not scope.streaming:
+    # An app context pushed inside a view ends while the request goes on; the
+    # request's session is the request's to end, not this context's.
+    request_ctx = _cv_request.get(None)
+    running_request = scope_of(request_ctx) if request_ctx is not None else None
+    for scope in take_open_scopes(app_ctx):
+        if scope is not running_request and not scope.streaming:
             close_scope(scope)
 
 

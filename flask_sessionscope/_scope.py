@@ -15,7 +15,6 @@ and again when the body ends, and the flags must survive in between.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TypeAlias
 
 from flask.ctx import AppContext, RequestContext
@@ -26,8 +25,11 @@ from ._processes import abandon, fork_generation
 
 Context: TypeAlias = AppContext | RequestContext
 
-_ATTRIBUTE = "_flask_sessionscope"
-_REQUEST_SCOPES = "_flask_sessionscope_requests"
+#: Where a context keeps its scope. The end-of-request hooks read these two
+#: attributes inline: they run on every request, and a call costs more than
+#: the rest of their work when no session was used.
+SCOPE_ATTRIBUTE = "_flask_sessionscope"
+OPEN_SCOPES_ATTRIBUTE = "_flask_sessionscope_open"
 
 NO_CONTEXT_MESSAGE = (
     "db.session needs an active Flask app context. Inside a request one exists"
@@ -103,32 +105,37 @@ def current_context() -> Context:
 
 def scope_of(ctx: Context) -> ContextScope | None:
     """The context's scope, or None when it has never needed one."""
-    scope: ContextScope | None = ctx.__dict__.get(_ATTRIBUTE)
+    # getattr, not ctx.__dict__: on Python 3.11+ reading __dict__ builds a
+    # dict for the object, which costs more than the rest of a hook.
+    scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     return scope
 
 
 def ensure_scope(ctx: Context) -> ContextScope:
-    """The context's scope, created on first need.
-
-    A request's scope is also listed on the app context it runs in, whose
-    teardown closes it should nothing else have done so first.
-    """
+    """The context's scope, created on first need."""
     scope = scope_of(ctx)
     if scope is None:
         scope = ContextScope()
-        setattr(ctx, _ATTRIBUTE, scope)
-        if isinstance(ctx, RequestContext):
-            app_ctx = _cv_app.get()
-            app_ctx.__dict__.setdefault(_REQUEST_SCOPES, []).append(scope)
+        setattr(ctx, SCOPE_ATTRIBUTE, scope)
     return scope
 
 
-def scopes_ending_with(app_ctx: AppContext) -> Sequence[ContextScope]:
-    """The scopes an ending app context is responsible for: its own and those
-    of the requests that ran in it. Allocates nothing when there are none,
-    since this runs at the end of every request."""
-    scopes: list[ContextScope] | None = app_ctx.__dict__.pop(_REQUEST_SCOPES, None)
-    own = scope_of(app_ctx)
-    if own is not None:
-        return (*(scopes or ()), own)
-    return scopes or ()
+def close_at_app_context_end(scope: ContextScope) -> None:
+    """List ``scope``, whose context just opened a session, on the current app
+    context: the app context's teardown closes it should nothing else have
+    done so first (a request's scope is normally closed when the request
+    ends)."""
+    app_ctx = _cv_app.get()
+    scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
+    if scopes is None:
+        setattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [scope])
+    else:
+        scopes.append(scope)
+
+
+def take_open_scopes(app_ctx: AppContext) -> list[ContextScope]:
+    """Take the list of scopes an ending app context is responsible for."""
+    scopes: list[ContextScope] = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [])
+    if scopes:
+        delattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
+    return scopes

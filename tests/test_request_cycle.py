@@ -412,3 +412,28 @@ def test_objects_loaded_by_the_view_can_be_streamed(make_app: AppFactory) -> Non
     assert (response.status_code, response.text) == (200, "a\nb\n")
     with app.app_context():
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_nested_app_context_in_a_view_does_not_end_the_requests_session(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """A helper that pushes its own app context inside a view (``with
+    app.app_context():``) shares the request's session; the end of that
+    inner context must not roll the request's writes back."""
+    app, db = make_app()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        with app.app_context():
+            db.session.add(Item(key=key))
+            db.session.flush()
+        db.session.add(Item(key=key + "-after"))
+        return "created", 201
+
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    assert app.test_client().post("/items/a").status_code == 201
+    assert stored_keys(observer) == ["a", "a-after"]
+    assert checkouts.count == 1
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
