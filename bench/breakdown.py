@@ -8,23 +8,22 @@ Usage::
 says why, by adding to the hand-written pattern, one at a time, the things the
 extension does on every request:
 
-- no DB use: Flask alone, Flask with one and with three no-op hooks (the
-  extension registers an after_request, a teardown_request and a
-  teardown_appcontext function; Flask pays for calling each, whatever it
-  does), the hand-written pattern, and the extension;
 - read by key: the hand-written pattern; the same committing the session in
   an after_request function instead of only closing it (the extension
   commits every successful request, reads included); the same with the
   extension's session listeners on its sessionmaker (``_guards.install``);
-  both plus two no-op hooks; the pattern with a no-op engine-level
-  ``savepoint`` listener (the extension installs one on pysqlite engines,
-  and any Connection-level listener puts every statement of the engine on
-  SQLAlchemy's event-dispatching path); and the extension;
+  both; the pattern with a no-op engine-level ``savepoint`` listener (any
+  Connection-level listener puts every statement of the engine on
+  SQLAlchemy's event-dispatching path, which is why the extension has
+  none); and the extension;
 - read by key on PostgreSQL, read-only: the hand-written pattern in a
   transaction, then on AUTOCOMMIT connections (a dedicated engine, or a
   normal engine's connections switched at checkout as the extension's
   read-only fast path does, with and without a commit at the end), and the
   extension with ``@db.read_only``.
+
+The request that does not use the database has a script of its own,
+``lazy.py``, which also counts instructions.
 
 All variants live in one process and run interleaved, round by round; the
 ratio is the median over rounds of each variant's median over the first
@@ -53,24 +52,11 @@ from werkzeug.test import EnvironBuilder
 from flask_sessionscope import _guards
 
 
-def plain(hooks: int) -> Flask:
-    """Flask with the no-DB view and ``hooks`` (0 to 3) no-op hook functions."""
-    app = bench_apps.plain_flask("", {})
-    if hooks >= 1:
-        app.teardown_appcontext(lambda exc: None)
-    if hooks >= 2:
-        app.teardown_request(lambda exc: None)
-    if hooks >= 3:
-        app.after_request(lambda response: response)
-    return app
-
-
 def hand_written(
     url: str,
     *,
     commit_after: bool = False,
     guards: bool = False,
-    hooks: bool = False,
     autocommit: str = "",
     engine_listener: bool = False,
 ) -> Flask:
@@ -117,10 +103,6 @@ def hand_written(
             if db_session is not None:
                 db_session.commit()
             return response
-
-    if hooks:
-        app.teardown_request(lambda exc: None)
-        app.after_request(lambda response: response)
 
     @app.teardown_appcontext
     def close(exc: BaseException | None) -> None:
@@ -191,28 +173,13 @@ def main(argv: list[str]) -> int:
 def run(url: str, rounds: int) -> None:
     print(f"per-request cost breakdown on {sa.make_url(url).get_backend_name()}, {rounds} rounds")
     compare(
-        "no DB use (ratio to Flask alone)",
-        "/nodb",
-        {
-            "Flask alone": plain(0),
-            "Flask + 1 no-op hook": plain(1),
-            "Flask + 3 no-op hooks": plain(3),
-            "hand-written pattern (1 hook)": hand_written(url),
-            "flask-sessionscope (3 hooks)": bench_apps.sessionscope_defaults(url, {}),
-        },
-        rounds,
-        400,
-    )
-    compare(
         "read by key (ratio to the hand-written pattern)",
         f"/items/{bench_apps.READ_KEY}",
         {
             "hand-written pattern (close only)": hand_written(url),
             "+ commit in after_request": hand_written(url, commit_after=True),
             "+ the extension's session listeners": hand_written(url, guards=True),
-            "+ commit + listeners + 2 no-op hooks": hand_written(
-                url, commit_after=True, guards=True, hooks=True
-            ),
+            "+ commit + listeners": hand_written(url, commit_after=True, guards=True),
             "+ a no-op engine 'savepoint' listener": hand_written(url, engine_listener=True),
             "flask-sessionscope": bench_apps.sessionscope_defaults(url, {}),
         },
