@@ -4,7 +4,7 @@ sessions so that their connections always go back to the pool."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Response
@@ -113,17 +113,29 @@ def close_quietly(session: Session) -> None:
         logger.exception("closing a session failed; its connection was discarded")
 
 
-def close_after_body(body: Iterable[Any], scope: ContextScope) -> Iterator[Any]:
-    """Yield a streamed response's body, then close the request's sessions
-    (also when the server stops early or the body is garbage collected)."""
-    try:
-        yield from body
-    finally:
+def close_after_body(response: Response, scope: ContextScope) -> None:
+    """Keep the request's sessions open while the streamed body of
+    ``response`` is sent, and close them when it ends or when the server
+    closes the response, whichever comes first. A body that is never read
+    (a HEAD request, a 304) is only closed, so closing must suffice."""
+    body = response.response
+
+    def end() -> None:
         close = getattr(body, "close", None)
         if close is not None:
             close()
         scope.streaming = False
         close_scope(scope)
+
+    def chunks() -> Iterator[Any]:
+        try:
+            yield from body
+        finally:
+            end()
+
+    scope.streaming = True
+    response.response = chunks()
+    response.call_on_close(end)
 
 
 def close_scope(scope: ContextScope) -> None:

@@ -19,9 +19,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _guards
-from ._commit import begin_before_savepoint, close_after_body, close_scope, finish_request, should_commit
+from ._commit import (
+    begin_before_savepoint,
+    close_after_body,
+    close_quietly,
+    close_scope,
+    commit_or_discard,
+    finish_request,
+    should_commit,
+)
 from ._errors import ConfigurationError
-from ._failures import answer_unavailability, failure_response
+from ._failures import CommitInterrupted, answer_unavailability, failure_response
 from ._processes import track
 from ._scope import (
     OPEN_SCOPES_ATTRIBUTE,
@@ -132,7 +140,7 @@ class SessionScope:
             # before_request functions are read-only too.
             app.before_request_funcs.setdefault(None, []).insert(0, _read_only_if_safe_method)
         own_handlers = app.error_handler_spec.get(None, {}).get(None, {})
-        for error_class in (DBAPIError, PoolTimeoutError):
+        for error_class in (DBAPIError, PoolTimeoutError, CommitInterrupted):
             if error_class not in own_handlers:  # the app's own handler wins
                 app.register_error_handler(error_class, answer_unavailability)
 
@@ -193,11 +201,11 @@ class SessionScope:
         session = self._new_session(ctx, scope)
         scope.transaction = session
         try:
-            with session.begin():
-                yield session
+            yield session
+            commit_or_discard(session)
         finally:
             scope.transaction = None
-            session.close()
+            close_quietly(session)
 
     def manual_commit(self, view: View) -> View:
         """View decorator: the request is never committed for this view; it
@@ -285,8 +293,7 @@ def _commit_or_roll_back(ctx: RequestContext, scope: ContextScope, response: Res
     if response.is_streamed and not response.direct_passthrough:
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.
-        scope.streaming = True
-        response.response = close_after_body(response.response, scope)
+        close_after_body(response, scope)
     else:
         close_scope(scope)
     return response

@@ -121,9 +121,12 @@ def failure_response(app: Flask, error: BaseException) -> Response | None:
     return response
 
 
-def answer_unavailability(error: sa_exc.DBAPIError | sa_exc.TimeoutError) -> ResponseReturnValue:
+def answer_unavailability(
+    error: sa_exc.DBAPIError | sa_exc.TimeoutError | CommitInterrupted,
+) -> ResponseReturnValue:
     """Error handler for database errors raised while a view or a
-    before_request function runs. An outage gets its 503; any other error
+    before_request function runs (including the COMMIT of a
+    ``db.transaction()`` block). An outage gets its 503; any other error
     goes to the handler the app would have used without this one (for a base
     class such as ``SQLAlchemyError`` or ``Exception``), or stays unhandled."""
     response = failure_response(current_app, error)

@@ -75,6 +75,10 @@ class ContextScope:
         #: The fork generation of the process that opened the sessions.
         self.generation = fork_generation()
 
+    def is_open(self) -> bool:
+        """Whether the context still has a session to close."""
+        return self.session is not None or self.transaction is not None
+
     def current_session(self) -> Session | None:
         """The session ``db.session`` means right now, if it exists yet.
 
@@ -124,13 +128,15 @@ def close_at_app_context_end(scope: ContextScope) -> None:
     """List ``scope``, whose context just opened a session, on the current app
     context: the app context's teardown closes it should nothing else have
     done so first (a request's scope is normally closed when the request
-    ends)."""
+    ends). Scopes closed since are dropped from the list, so that an app
+    context that outlives many requests does not collect them."""
     app_ctx = _cv_app.get()
     scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
     if scopes is None:
         setattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [scope])
-    else:
-        scopes.append(scope)
+        return
+    scopes[:] = [listed for listed in scopes if listed.is_open() and listed is not scope]
+    scopes.append(scope)
 
 
 def take_open_scopes(app_ctx: AppContext) -> list[ContextScope]:

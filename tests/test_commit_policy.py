@@ -176,3 +176,29 @@ def test_read_only_applies_to_a_session_opened_before_the_view(
 
     assert app.test_client().post("/try/a").status_code == 500
     assert stored_keys(observer) == []
+
+
+def test_transaction_block_in_a_read_only_view_reads_and_refuses_writes(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.get("/count")
+    @db.read_only
+    def count() -> dict[str, int]:
+        with db.transaction() as session:
+            return {"rows": len(session.scalars(sa.select(Item)).all())}
+
+    @app.post("/items/<key>")
+    @db.read_only
+    def create(key: str) -> str:
+        with db.transaction() as session:
+            session.add(Item(key=key))
+        return "created"
+
+    client = app.test_client()
+    assert client.get("/count").json == {"rows": 0}
+    assert client.post("/items/a").status_code == 500
+    assert stored_keys(observer) == []
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

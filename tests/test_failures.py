@@ -98,6 +98,39 @@ def test_lost_connection_during_commit_is_a_502_with_unknown_outcome(
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_lost_connection_during_a_transaction_blocks_commit_is_a_502(
+    make_app: AppFactory, observer: Engine, server_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The COMMIT of a ``db.transaction()`` block in a view is as uncertain
+    as the end-of-request one when the connection drops under it: a 502,
+    not a 503 that would tell the client that retrying is safe."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    doomed: list[int] = []
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        with db.transaction() as session:
+            session.add(Item(key=key))
+            session.flush()
+            doomed.append(connection_id(session, server_backend))
+        return "created", 201
+
+    with app.app_context():
+
+        @sa.event.listens_for(db.engine, "commit")
+        def drop_connection(conn: Any) -> None:
+            if doomed:
+                kill_connection(observer, server_backend, doomed.pop())
+
+    with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
+        response = app.test_client().post("/items/doomed")
+    assert response.status_code == 502
+    assert "commit outcome unknown" in caplog.text
+    assert stored_keys(observer) == []
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_apps_own_503_page_is_used_and_gets_retry_after(
     make_app: AppFactory, observer: Engine, server_backend: str
 ) -> None:

@@ -437,3 +437,67 @@ def test_nested_app_context_in_a_view_does_not_end_the_requests_session(
     assert checkouts.count == 1
     with app.app_context():
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_streamed_response_whose_body_is_never_read_still_closes_the_session(
+    make_app: AppFactory, method: str
+) -> None:
+    """A HEAD request (or a client that goes away) gets a streamed
+    response's body closed without a single chunk read; the session, here
+    uncommitted under @manual_commit and so holding its connection, must be
+    closed all the same."""
+    app, db = make_app()
+
+    @app.get("/export")
+    @db.manual_commit
+    def export() -> Response:
+        db.session.add(Item(key="never-committed"))
+        db.session.flush()
+
+        @stream_with_context
+        def body() -> Any:
+            yield db.session.scalars(sa.select(Item.key)).one()
+
+        return Response(body())
+
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    response = app.test_client().open("/export", method=method, buffered=False)
+    assert response.status_code == 200
+    assert checkouts.checked_out == 1  # the body is still to be sent
+    response.close()  # what a WSGI server does when it is done with the response
+    assert checkouts.checked_out == 0
+
+
+def test_app_context_serving_many_requests_does_not_collect_them(make_app: AppFactory) -> None:
+    """An app context pushed once and kept (as some apps do at import time,
+    and as pytest-flask does per test) serves every request: what the
+    extension keeps for those requests must not pile up in it."""
+    import tracemalloc
+
+    app, db = make_app()
+
+    @app.get("/")
+    def index() -> str:
+        return str(db.session.execute(sa.select(1)).scalar())
+
+    def memory_held_by_the_extension() -> int:
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, "*flask_sessionscope*")]
+        )
+        return sum(stat.size for stat in snapshot.statistics("filename"))
+
+    client = app.test_client()
+    with app.app_context():
+        for _ in range(50):
+            client.get("/")
+        tracemalloc.start()
+        try:
+            before = memory_held_by_the_extension()
+            for _ in range(500):
+                assert client.get("/").status_code == 200
+            grown = memory_held_by_the_extension() - before
+        finally:
+            tracemalloc.stop()
+    assert grown < 5_000, f"{grown} bytes held after 500 requests"
