@@ -131,6 +131,38 @@ def test_lost_connection_during_a_transaction_blocks_commit_is_a_502(
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_serialization_failure_at_the_end_of_the_request_is_a_503_and_nothing_is_stored(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    """A real write-skew conflict under SERIALIZABLE: the request read the
+    table, another transaction read it, wrote and committed, then the
+    request's own write is saved. PostgreSQL refuses it (SQLSTATE 40001)
+    and the client is told to retry."""
+    if server_backend != "postgresql":
+        pytest.skip("serialization failures are PostgreSQL's; MariaDB's SERIALIZABLE takes locks instead")
+    app, db = make_app(
+        PROPAGATE_EXCEPTIONS=False, SESSIONSCOPE_ENGINE_OPTIONS={"isolation_level": "SERIALIZABLE"}
+    )
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        seen = len(db.session.scalars(sa.select(Item)).all())
+        with observer.connect() as other:
+            other = other.execution_options(isolation_level="SERIALIZABLE")
+            with other.begin():
+                other.execute(sa.select(Item)).all()
+                other.execute(sa.insert(Item).values(key="other"))
+        db.session.add(Item(key=f"{key}-{seen}"))
+        return "created", 201
+
+    response = app.test_client().post("/items/a")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert stored_keys(observer) == ["other"]
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_apps_own_503_page_is_used_and_gets_retry_after(
     make_app: AppFactory, observer: Engine, server_backend: str
 ) -> None:

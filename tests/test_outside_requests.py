@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 
 from flask_sessionscope import SessionScope
 
-from .conftest import AppFactory, CheckoutCounter, Item, stored_keys
+from .conftest import AppFactory, Base, CheckoutCounter, Item, stored_keys
 
 
 def test_app_context_session_is_closed_without_commit(make_app: AppFactory, observer: Engine) -> None:
@@ -112,21 +114,47 @@ def test_session_outside_an_app_context_says_what_to_do(make_app: AppFactory) ->
         db.engine  # noqa: B018
 
 
-def test_one_instance_serves_several_apps(tmp_path: object) -> None:
+def test_one_instance_serves_several_apps(tmp_path: Any) -> None:
+    """Each app gets its own engine and sessionmaker: a request to one app
+    writes to that app's database only."""
     db = SessionScope()
     apps = []
     for name in ("one", "two"):
         app = Flask(name)
-        app.config["SESSIONSCOPE_DATABASE_URL"] = "sqlite://"
+        app.config["SESSIONSCOPE_DATABASE_URL"] = f"sqlite:///{tmp_path / name}.db"
         db.init_app(app)
-        apps.append(app)
         assert app.extensions["sessionscope"] is db
-    engines = []
+        with app.app_context():
+            Base.metadata.create_all(db.engine)
+
+        @app.post("/items")
+        def create() -> tuple[str, int]:
+            db.session.add(Item(key=current_app.name))
+            return "created", 201
+
+        apps.append(app)
+    assert apps[1].test_client().post("/items").status_code == 201
+    stored = {}
     for app in apps:
         with app.app_context():
-            engines.append(db.engine)
-            assert db.session.execute(sa.select(1)).scalar() == 1
-    assert engines[0] is not engines[1]
+            stored[app.name] = db.session.scalars(sa.select(Item.key)).all()
+            assert db.session.bind is db.engine
+            db.engine.dispose()
+    assert stored == {"one": [], "two": ["two"]}
+
+
+def test_the_apps_one_sessionmaker_makes_every_session(make_app: AppFactory) -> None:
+    """``db.sessionmaker`` is the app's single factory: configuring it
+    reaches the sessions of later requests."""
+    app, db = make_app()
+
+    @app.get("/")
+    def index() -> dict[str, Any]:
+        return dict(db.session.info)
+
+    with app.app_context():
+        db.sessionmaker.configure(info={"made_by": "the app's sessionmaker"})
+    assert app.test_client().get("/").json == {"made_by": "the app's sessionmaker"}
 
 
 def test_session_in_an_app_that_was_not_initialised(make_app: AppFactory) -> None:
