@@ -1,6 +1,6 @@
 """The app the stress run serves from gunicorn: one table, one write view
-whose fault the client picks per request, a view that never touches the
-database, and a pool probe.
+whose fault the client picks per request, a streamed read asked with HEAD,
+a view that never touches the database, and a pool probe.
 
 Configured from environment variables, because gunicorn imports it in a
 separate process (``stress.app:create_app()``):
@@ -29,7 +29,7 @@ import traceback
 import warnings
 
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, request, stream_with_context
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_sessionscope import SessionScope
@@ -43,7 +43,7 @@ APPLICATION_NAME = "sessionscope-stress"
 DUPLICATE_KEY = "duplicate-seed"
 
 #: The faults a client can ask the write view for.
-FAULTS = ("ok", "raise", "reject", "dup", "sleep", "serial")
+FAULTS = ("ok", "raise", "reject", "dup", "sleep", "serial", "unit", "stream")
 
 
 class Base(DeclarativeBase):
@@ -157,9 +157,17 @@ def create_app() -> Flask:
         - serial: in a SERIALIZABLE transaction, read both tally counters and
           bump one of them; concurrent ``serial`` requests then fail with
           serialization failures, some of them only at COMMIT (503, nothing
-          stored).
+          stored);
+        - unit: write in a ``db.transaction()`` block, committed before the
+          view returns 201 (a COMMIT cut in flight: 502);
+        - stream: flush, then answer 201 with a streamed body (committed
+          before the body is sent; the body's end closes the session).
         """
         fault = request.args.get("fault", "ok")
+        if fault == "unit":
+            with db.transaction() as session:
+                session.add(Row(key=key))
+            return "written", 201
         if fault == "serial":
             db.session.connection(execution_options={"isolation_level": "SERIALIZABLE"})
         db.session.add(Row(key=key))
@@ -178,7 +186,19 @@ def create_app() -> Flask:
             slot = 1 + int(key[-1]) % 2 if key[-1].isdigit() else 1
             db.session.execute(sa.update(Tally).where(Tally.id == slot).values(n=Tally.n + 1))
             time.sleep(0.02)  # widen the window in which others read the same counters
+        if fault == "stream":
+            return Response(stream_with_context(iter(["written", f" {key}"])), status=201)
         return "written", 201
+
+    @app.get("/peek")
+    @db.manual_commit
+    def peek() -> Response:
+        """Read, then answer with a streamed body, leaving the transaction
+        open for the end of the request to close. Clients ask with HEAD,
+        for which the body is never read, only closed: the session and its
+        connection must be released all the same."""
+        count = db.session.scalar(sa.select(sa.func.count()).select_from(Row))
+        return Response(iter([f"{count} rows"]))
 
     @app.get("/nodb")
     def nodb() -> str:

@@ -40,6 +40,9 @@ EXPECTED: dict[str, set[int]] = {
     # The unique violation surfaces inside the commit; a connection lost at
     # that moment may fairly be reported either way.
     "dup": {500, 502, 503},
+    "unit": {201, 502, 503},
+    "stream": {201, 502, 503},
+    "head": {200, 503},
     "nodb": {200},
 }
 

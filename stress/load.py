@@ -24,8 +24,20 @@ from sqlalchemy.pool import NullPool
 from .app import APPLICATION_NAME
 
 #: How often clients ask for each kind of request. ``nodb`` is the view that
-#: never touches the database; the others are the write view's faults.
-MIX: dict[str, int] = {"ok": 52, "serial": 6, "raise": 8, "reject": 8, "dup": 8, "sleep": 2, "nodb": 16}
+#: never touches the database, ``head`` a HEAD request for the streamed read;
+#: the others are the write view's faults.
+MIX: dict[str, int] = {
+    "ok": 40,
+    "unit": 6,
+    "stream": 6,
+    "serial": 6,
+    "raise": 8,
+    "reject": 8,
+    "dup": 8,
+    "sleep": 2,
+    "head": 4,
+    "nodb": 12,
+}
 
 #: How long a ``sleep`` request holds its connection, in milliseconds.
 SLEEP_MS = (300, 1500)
@@ -109,6 +121,8 @@ def request_once(port: int, index: int, kind: str, sleep_ms: int = 0) -> Outcome
     """Send one request of the given kind; record what came back."""
     if kind == "nodb":
         key, method, path = None, "GET", "/nodb"
+    elif kind == "head":
+        key, method, path = None, "HEAD", "/peek"
     else:
         key = f"k{index:07d}"
         path = f"/write/{key}?fault={kind}"
