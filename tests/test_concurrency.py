@@ -133,6 +133,39 @@ def test_copied_request_context_gets_its_own_session(make_app: AppFactory, obser
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_overlapping_async_views_on_a_threaded_server_get_their_own_sessions(
+    make_app: AppFactory, observer: Engine, serve: Any
+) -> None:
+    """Flask runs each async view in an event loop of the request's own
+    thread; four of them, suspended at the same time with their sessions
+    open, must not share one."""
+    app, db = make_app(SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 4, "max_overflow": 0})
+    sessions: list[Any] = []
+    inside = threading.Barrier(4, timeout=10)
+
+    @app.post("/items/<key>")
+    async def create(key: str) -> tuple[str, int]:
+        session = db.session
+        sessions.append(session)
+        session.execute(sa.select(Item.id).limit(1)).all()
+        session.add(Item(key=key))
+        await asyncio.sleep(0)
+        inside.wait()  # all four are suspended in the middle, sessions open
+        await asyncio.sleep(0)
+        assert db.session is session
+        return "created", 201 if not key.endswith("bad") else 409
+
+    port = serve(app)
+    keys = ["a", "b", "c", "d-bad"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(lambda key: request(port, "POST", f"/items/{key}")[0], keys))
+    assert statuses == [201, 201, 201, 409]
+    assert stored_keys(observer) == ["a", "b", "c"]
+    assert len({id(s) for s in sessions}) == 4
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_async_view_is_committed_and_closed(make_app: AppFactory, observer: Engine) -> None:
     app, db = make_app()
 
