@@ -24,8 +24,9 @@ view through ``app.wsgi_app`` (body consumed and closed):
 
 - Flask alone;
 - Flask with two hooks that do nothing (an ``after_request`` and a
-  ``teardown_appcontext`` function): Flask's own price for the two hooks
-  any design needs that commits before the response and closes at teardown;
+  ``teardown_appcontext`` function): what Flask charges for the two hooks a
+  design that commits before the response and closes at teardown would
+  register (the extension wraps two methods of the app instead);
 - the hand-written pattern of ``bench_apps.py`` (one teardown hook);
 - flask-sessionscope with its default configuration.
 """

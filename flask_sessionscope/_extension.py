@@ -120,19 +120,7 @@ class SessionScope:
         )
         app.extensions[EXTENSION_KEY] = self
 
-        # Flask runs app-wide after_request functions last-registered-first, so
-        # the first one in the list runs after all others, including any
-        # registered later: that is where the commit belongs.
-        # The hooks are plain functions: Flask checks each hook for being a
-        # coroutine on every request, which costs more for bound methods.
-        app.after_request_funcs.setdefault(None, []).insert(0, _end_request)
-        # A request's session is closed by _end_request, or, when the request
-        # fails before that runs, by _end_failed_request; the app context's
-        # teardown closes whatever is left. Teardown functions also run
-        # last-registered-first: first in the list, ours closes whatever the
-        # app's own teardown functions opened. Two hooks per request, not
-        # three: Flask's cost per hook is most of the extension's cost.
-        app.teardown_appcontext_funcs.insert(0, _end_app_context)
+        _end_sessions_with_requests(app)
         got_request_exception.connect(_end_failed_request, app, weak=False)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:
@@ -266,9 +254,39 @@ class SessionScope:
         return {**mapped_classes(), "db": self}
 
 
+def _end_sessions_with_requests(app: Flask) -> None:
+    """Commit or roll back at the end of ``app.process_response``, and close
+    leftovers at the end of ``app.do_teardown_appcontext``.
+
+    These are the two methods Flask calls at those moments; the extension
+    wraps them on this app object rather than registering an after_request
+    and a teardown function, because Flask checks every such function for
+    being a coroutine on every request, which costs more than everything the
+    extension does for a request that never uses the database (5 to 7 % of
+    such a request, by instruction count, on Python 3.11 to 3.13). The
+    wrappers also place the commit where it belongs: after every
+    after_request function, including those registered later, and after
+    the cookie session is saved.
+    """
+    process_response = app.process_response
+    do_teardown_appcontext = app.do_teardown_appcontext
+
+    def process_response_then_end_session(response: Response) -> Response:
+        return _end_request(process_response(response))
+
+    def do_teardown_appcontext_then_close(*args: Any) -> None:
+        try:
+            do_teardown_appcontext(*args)
+        finally:
+            _end_app_context()
+
+    app.process_response = process_response_then_end_session  # type: ignore[method-assign]
+    app.do_teardown_appcontext = do_teardown_appcontext_then_close  # type: ignore[method-assign, assignment]
+
+
 def _end_request(response: Response) -> Response:
-    """Commit or roll back the request's session, after every other
-    after_request function and before the response is sent."""
+    """Commit or roll back the request's session, after every after_request
+    function and before the response is sent."""
     ctx = _cv_request.get()
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     if scope is None or scope.session is None:
@@ -309,8 +327,9 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
         close_scope(scope)
 
 
-def _end_app_context(exc: BaseException | None = None) -> None:
-    """Teardown of an app context: close the sessions it and its requests left."""
+def _end_app_context() -> None:
+    """Teardown of an app context: close the sessions it and its requests
+    left, after the app's own teardown functions (which may have opened one)."""
     app_ctx = _cv_app.get()
     if not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
         return

@@ -161,3 +161,22 @@ def test_session_in_an_app_that_was_not_initialised(make_app: AppFactory) -> Non
     _, db = make_app()
     with Flask("other").app_context(), pytest.raises(RuntimeError, match="init_app"):
         db.session  # noqa: B018
+
+
+def test_session_is_closed_even_when_an_app_teardown_function_raises(make_app: AppFactory) -> None:
+    app, db = make_app()
+    failing = []
+
+    @app.teardown_appcontext
+    def broken(exc: BaseException | None) -> None:
+        if failing:
+            raise RuntimeError("a teardown function of the app fails")
+
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    with pytest.raises(RuntimeError, match="teardown"), app.app_context():
+        db.session.execute(sa.select(1))
+        assert checkouts.checked_out == 1
+        failing.append(True)
+    failing.clear()
+    assert checkouts.checked_out == 0

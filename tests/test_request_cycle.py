@@ -501,3 +501,25 @@ def test_app_context_serving_many_requests_does_not_collect_them(make_app: AppFa
         finally:
             tracemalloc.stop()
     assert grown < 5_000, f"{grown} bytes held after 500 requests"
+
+
+def test_failure_to_save_the_flask_session_rolls_back(make_app: AppFactory, observer: Engine) -> None:
+    """Flask saves its own ``session`` (the cookie, or a server-side store)
+    after the after_request functions; a store that fails there fails the
+    request, so the commit must come after it."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    class BrokenStore(SecureCookieSessionInterface):
+        def save_session(self, *args: Any) -> None:
+            raise ConnectionError("the session store is down")
+
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False, SECRET_KEY="test")
+    app.session_interface = BrokenStore()
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+    assert app.test_client().post("/items/a").status_code == 500
+    assert stored_keys(observer) == []
