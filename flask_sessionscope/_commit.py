@@ -121,11 +121,13 @@ def close_after_body(response: Response, scope: ContextScope) -> None:
     body = response.response
 
     def end() -> None:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-        scope.streaming = False
-        close_scope(scope)
+        try:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            scope.streaming = False
+            close_scope(scope)
 
     def chunks() -> Iterator[Any]:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from ._scope import (
     close_at_app_context_end,
     current_context,
     ensure_scope,
+    hand_over_to_enclosing_context,
     scope_of,
     take_open_scopes,
 )
@@ -54,6 +56,8 @@ from ._settings import (
 from ._shell import mapped_classes
 
 View = TypeVar("View", bound=Callable[..., Any])
+
+logger = logging.getLogger("flask_sessionscope")
 
 EXTENSION_KEY = "sessionscope"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -177,11 +181,18 @@ class SessionScope:
         While the block runs, :attr:`session` is this session, so code that
         uses ``db.session`` takes part. A nested ``transaction()`` becomes a
         SAVEPOINT of the outer one. The outcome is independent of the
-        request's: the block commits even if the request later fails.
+        request's: the block commits even if the request later fails. The
+        block ends the transaction: do not call ``commit()`` or
+        ``rollback()`` on its session yourself.
         """
         ctx = current_context()
         scope = ensure_scope(ctx)
         if scope.transaction is not None:
+            if _guards.is_read_only(scope.transaction):
+                # It writes nothing and may be in autocommit mode, where a
+                # SAVEPOINT is an error: there is nothing to nest.
+                yield scope.transaction
+                return
             begin_before_savepoint(scope.transaction)
             with scope.transaction.begin_nested():
                 yield scope.transaction
@@ -274,14 +285,14 @@ def _end_sessions_with_requests(app: Flask) -> None:
     def process_response_then_end_session(response: Response) -> Response:
         return _end_request(process_response(response))
 
-    def do_teardown_appcontext_then_close(*args: Any) -> None:
+    def do_teardown_appcontext_then_close(*args: Any, **kwargs: Any) -> None:
         try:
-            do_teardown_appcontext(*args)
+            do_teardown_appcontext(*args, **kwargs)
         finally:
             _end_app_context()
 
     app.process_response = process_response_then_end_session  # type: ignore[method-assign]
-    app.do_teardown_appcontext = do_teardown_appcontext_then_close  # type: ignore[method-assign, assignment]
+    app.do_teardown_appcontext = do_teardown_appcontext_then_close  # type: ignore[method-assign]
 
 
 def _end_request(response: Response) -> Response:
@@ -289,7 +300,14 @@ def _end_request(response: Response) -> Response:
     function and before the response is sent."""
     ctx = _cv_request.get()
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
-    if scope is None or scope.session is None:
+    if scope is None:
+        return response
+    if scope.session is None:
+        if scope.commit_failed and response.status_code < 400:
+            # An error handler of the app answered a failed commit with a
+            # success status (a handler that returns only a body gets 200).
+            logger.error("an error handler answered %s for a failed commit; sending 500", response.status)
+            response.status_code = 500
         return response
     return _commit_or_roll_back(ctx, scope, response)
 
@@ -302,6 +320,7 @@ def _commit_or_roll_back(ctx: RequestContext, scope: ContextScope, response: Res
         try:
             finish_request(scope, decision)
         except Exception as error:
+            scope.commit_failed = True
             failed = failure_response(ctx.app, error)
             if failed is None:
                 raise  # the app's normal error handling turns it into a 500
@@ -330,15 +349,18 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
 def _end_app_context() -> None:
     """Teardown of an app context: close the sessions it and its requests
     left, after the app's own teardown functions (which may have opened one)."""
-    app_ctx = _cv_app.get()
-    if not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
+    app_ctx = _cv_app.get(None)
+    if app_ctx is None or not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
         return
     # An app context pushed inside a view ends while the request goes on; the
-    # request's session is the request's to end, not this context's.
+    # request's session is the request's to end, not this context's: the
+    # context around it takes over the duty of closing it if all else fails.
     request_ctx = _cv_request.get(None)
     running_request = scope_of(request_ctx) if request_ctx is not None else None
     for scope in take_open_scopes(app_ctx):
-        if scope is not running_request and not scope.streaming:
+        if scope is running_request:
+            hand_over_to_enclosing_context(app_ctx, scope)
+        elif not scope.streaming:
             close_scope(scope)
 
 

@@ -48,6 +48,7 @@ class ContextScope:
 
     __slots__ = (
         "autocommit",
+        "commit_failed",
         "committed",
         "generation",
         "read_only",
@@ -70,6 +71,8 @@ class ContextScope:
         self.read_only = False
         #: The end-of-request commit has happened (later writes are lost).
         self.committed = False
+        #: The end-of-request commit failed: no answer may be a success.
+        self.commit_failed = False
         #: A streamed body is being sent: its end, not teardown, closes the sessions.
         self.streaming = False
         #: The fork generation of the process that opened the sessions.
@@ -137,6 +140,24 @@ def close_at_app_context_end(scope: ContextScope) -> None:
         return
     scopes[:] = [listed for listed in scopes if listed.is_open() and listed is not scope]
     scopes.append(scope)
+
+
+def hand_over_to_enclosing_context(app_ctx: AppContext, scope: ContextScope) -> None:
+    """List ``scope`` on the app context that is current again once
+    ``app_ctx`` (ending now) is popped, if there is one.
+
+    Flask keeps no public link between nested contexts; the context
+    variable's token, which Flask keeps to restore the previous context,
+    names it.
+    """
+    tokens = getattr(app_ctx, "_cv_tokens", None)
+    enclosing = tokens[-1].old_value if tokens else None
+    if isinstance(enclosing, AppContext):
+        scopes: list[ContextScope] | None = getattr(enclosing, OPEN_SCOPES_ATTRIBUTE, None)
+        if scopes is None:
+            setattr(enclosing, OPEN_SCOPES_ATTRIBUTE, [scope])
+        elif scope not in scopes:
+            scopes.append(scope)
 
 
 def take_open_scopes(app_ctx: AppContext) -> list[ContextScope]:

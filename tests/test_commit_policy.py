@@ -202,3 +202,39 @@ def test_transaction_block_in_a_read_only_view_reads_and_refuses_writes(
     assert stored_keys(observer) == []
     with app.app_context():
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_nested_transaction_blocks_in_a_read_only_view_read(make_app: AppFactory) -> None:
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.get("/count")
+    @db.read_only
+    def count() -> dict[str, int]:
+        with db.transaction(), db.transaction() as inner:
+            return {"rows": len(inner.scalars(sa.select(Item)).all())}
+
+    assert app.test_client().get("/count").json == {"rows": 0}
+
+
+def test_failed_commit_is_never_answered_with_a_success_status(
+    make_app: AppFactory, observer: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error handler that returns only a body makes Flask answer 200; for
+    a request whose commit failed that would tell the client its write is
+    stored."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.errorhandler(500)
+    def sorry(error: Exception) -> str:
+        return "sorry"
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        db.session.add(Item(key=key))  # the unique constraint fails at the commit
+        return "created", 201
+
+    response = app.test_client().post("/items/a")
+    assert response.status_code == 500
+    assert response.text == "sorry"
+    assert stored_keys(observer) == []

@@ -180,3 +180,30 @@ def test_session_is_closed_even_when_an_app_teardown_function_raises(make_app: A
         failing.append(True)
     failing.clear()
     assert checkouts.checked_out == 0
+
+
+def test_do_teardown_appcontext_can_be_called_by_hand(make_app: AppFactory) -> None:
+    """Flask's own signature: no argument (no context needed) or ``exc=``."""
+    app, db = make_app()
+    app.do_teardown_appcontext()
+    with app.app_context():
+        db.session.execute(sa.select(1))
+        app.do_teardown_appcontext(exc=None)
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_session_opened_in_a_nested_context_of_a_test_request_context_is_closed(
+    make_app: AppFactory,
+) -> None:
+    """pytest-flask pushes a test request context for each test; a test (or
+    the code it calls) that pushes an app context of its own and uses
+    ``db.session`` there uses the request context's session, which must be
+    closed when the request context ends."""
+    app, db = make_app()
+    with app.app_context():
+        checkouts = CheckoutCounter(db.engine)
+    with app.test_request_context():
+        with app.app_context():
+            db.session.execute(sa.select(1))
+        assert checkouts.checked_out == 1  # still the request's, still open
+    assert checkouts.checked_out == 0
