@@ -316,6 +316,12 @@ def _commit_or_roll_back(ctx: RequestContext, scope: ContextScope, response: Res
     """The end of a request that used its session: decide, finish, close."""
     state: _AppState = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
     decision = should_commit(scope, state.autocommit, state.commit_rule, response)
+    if decision and scope.commit_failed:
+        # The error response of a failed commit, whose after_request
+        # functions opened a session again: nothing of this request is
+        # committed, whatever the rule says (and a database still down
+        # cannot fail the same way again and again).
+        decision = False
     if decision is not None:
         try:
             finish_request(scope, decision)

@@ -238,3 +238,25 @@ def test_failed_commit_is_never_answered_with_a_success_status(
     assert response.status_code == 500
     assert response.text == "sorry"
     assert stored_keys(observer) == []
+
+
+def test_nothing_is_committed_after_a_failed_commit_whatever_the_rule(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """The error response of a failed commit goes through the after_request
+    functions again; what they write then is not committed, even under a
+    rule that commits every response."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False, SESSIONSCOPE_COMMIT_RULE=lambda response: True)
+
+    @app.after_request
+    def audit(response: Response) -> Response:
+        db.session.add(Item(key=f"audit-{response.status_code}"))
+        return response
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key="audit-201"))  # the audit row of the 201 collides with it
+        return "created", 201
+
+    assert app.test_client().post("/items/a").status_code == 500
+    assert stored_keys(observer) == []
