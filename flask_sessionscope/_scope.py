@@ -25,9 +25,9 @@ from ._processes import abandon, fork_generation
 
 Context: TypeAlias = AppContext | RequestContext
 
-#: Where a context keeps its scope. The end-of-request hooks read these two
-#: attributes inline: they run on every request, and a call costs more than
-#: the rest of their work when no session was used.
+#: Where a context keeps its scope, and an app context the scopes it must
+#: close. The code that ends every request reads them inline: a function
+#: call would cost more than the rest of its work when no session was used.
 SCOPE_ATTRIBUTE = "_flask_sessionscope"
 OPEN_SCOPES_ATTRIBUTE = "_flask_sessionscope_open"
 
@@ -113,7 +113,7 @@ def current_context() -> Context:
 def scope_of(ctx: Context) -> ContextScope | None:
     """The context's scope, or None when it has never needed one."""
     # getattr, not ctx.__dict__: on Python 3.11+ reading __dict__ builds a
-    # dict for the object, which costs more than the rest of a hook.
+    # dict for the object, which costs more than a request's end otherwise.
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     return scope
 
@@ -133,13 +133,7 @@ def close_at_app_context_end(scope: ContextScope) -> None:
     done so first (a request's scope is normally closed when the request
     ends). Scopes closed since are dropped from the list, so that an app
     context that outlives many requests does not collect them."""
-    app_ctx = _cv_app.get()
-    scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
-    if scopes is None:
-        setattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [scope])
-        return
-    scopes[:] = [listed for listed in scopes if listed.is_open() and listed is not scope]
-    scopes.append(scope)
+    _list_on(_cv_app.get(), scope)
 
 
 def hand_over_to_enclosing_context(app_ctx: AppContext, scope: ContextScope) -> None:
@@ -153,11 +147,16 @@ def hand_over_to_enclosing_context(app_ctx: AppContext, scope: ContextScope) -> 
     tokens = getattr(app_ctx, "_cv_tokens", None)
     enclosing = tokens[-1].old_value if tokens else None
     if isinstance(enclosing, AppContext):
-        scopes: list[ContextScope] | None = getattr(enclosing, OPEN_SCOPES_ATTRIBUTE, None)
-        if scopes is None:
-            setattr(enclosing, OPEN_SCOPES_ATTRIBUTE, [scope])
-        elif scope not in scopes:
-            scopes.append(scope)
+        _list_on(enclosing, scope)
+
+
+def _list_on(app_ctx: AppContext, scope: ContextScope) -> None:
+    scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
+    if scopes is None:
+        setattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [scope])
+        return
+    scopes[:] = [listed for listed in scopes if listed.is_open() and listed is not scope]
+    scopes.append(scope)
 
 
 def take_open_scopes(app_ctx: AppContext) -> list[ContextScope]:
