@@ -35,6 +35,17 @@ def kill_connection(observer: Engine, backend: str, pid: int) -> None:
             conn.exec_driver_sql(f"KILL CONNECTION {pid}")
 
 
+def kill_at_commit(app: Flask, db: SessionScope, observer: Engine, backend: str, doomed: list[int]) -> None:
+    """Just before a COMMIT of ``app`` goes out, have the server drop the
+    connection whose backend id the view put in ``doomed``."""
+    with app.app_context():
+
+        @sa.event.listens_for(db.engine, "commit")
+        def drop_connection(conn: Any) -> None:
+            if doomed:
+                kill_connection(observer, backend, doomed.pop())
+
+
 def kill_backend_of(session: Any, observer: Engine, backend: str) -> None:
     """Have the server terminate the connection ``session`` is using."""
     kill_connection(observer, backend, connection_id(session, backend))
@@ -79,14 +90,7 @@ def test_lost_connection_during_commit_is_a_502_with_unknown_outcome(
             doomed.append(connection_id(db.session, server_backend))
         return "created", 201
 
-    with app.app_context():
-
-        @sa.event.listens_for(db.engine, "commit")
-        def drop_connection(conn: Any) -> None:
-            # Just before the COMMIT goes out, the server drops the connection.
-            if doomed:
-                kill_connection(observer, server_backend, doomed.pop())
-
+    kill_at_commit(app, db, observer, server_backend, doomed)
     client = app.test_client()
     with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
         response = client.post("/items/doomed")
@@ -115,13 +119,7 @@ def test_lost_connection_during_a_transaction_blocks_commit_is_a_502(
             doomed.append(connection_id(session, server_backend))
         return "created", 201
 
-    with app.app_context():
-
-        @sa.event.listens_for(db.engine, "commit")
-        def drop_connection(conn: Any) -> None:
-            if doomed:
-                kill_connection(observer, server_backend, doomed.pop())
-
+    kill_at_commit(app, db, observer, server_backend, doomed)
     with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
         response = app.test_client().post("/items/doomed")
     assert response.status_code == 502
