@@ -11,15 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, got_request_exception, request
-from flask.ctx import RequestContext
-from flask.globals import _cv_app, _cv_request
+from flask import Flask, Response, current_app, got_request_exception, has_app_context, request
+from flask.ctx import AppContext
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import _guards
+from . import _flask_internals, _guards
 from ._commit import (
     begin_before_savepoint,
     close_after_body,
@@ -31,11 +30,11 @@ from ._commit import (
 )
 from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response
+from ._flask_internals import Context
 from ._processes import track
 from ._scope import (
     OPEN_SCOPES_ATTRIBUTE,
     SCOPE_ATTRIBUTE,
-    Context,
     ContextScope,
     close_at_app_context_end,
     current_context,
@@ -147,7 +146,7 @@ class SessionScope:
         session = scope.current_session()
         if session is None:
             session = scope.session = self._new_session(ctx, scope)
-            close_at_app_context_end(scope)
+            close_at_app_context_end(ctx, scope)
         return session
 
     @property
@@ -237,7 +236,7 @@ class SessionScope:
 
     def _state(self, app: Flask | None = None) -> _AppState:
         if app is None:
-            if _cv_app.get(None) is None:
+            if not has_app_context():
                 raise RuntimeError(
                     "this needs an active Flask app context; push one with 'with app.app_context():'"
                 )
@@ -279,26 +278,13 @@ def _end_sessions_with_requests(app: Flask) -> None:
     after_request function, including those registered later, and after
     the cookie session is saved.
     """
-    process_response = app.process_response
-    do_teardown_appcontext = app.do_teardown_appcontext
-
-    def process_response_then_end_session(response: Response) -> Response:
-        return _end_request(process_response(response))
-
-    def do_teardown_appcontext_then_close(*args: Any, **kwargs: Any) -> None:
-        try:
-            do_teardown_appcontext(*args, **kwargs)
-        finally:
-            _end_app_context()
-
-    app.process_response = process_response_then_end_session  # type: ignore[method-assign]
-    app.do_teardown_appcontext = do_teardown_appcontext_then_close  # type: ignore[method-assign]
+    _flask_internals.wrap_process_response(app, _end_request)
+    _flask_internals.wrap_do_teardown_appcontext(app, _end_app_context)
 
 
-def _end_request(response: Response) -> Response:
+def _end_request(ctx: Context, response: Response) -> Response:
     """Commit or roll back the request's session, after every after_request
     function and before the response is sent."""
-    ctx = _cv_request.get()
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     if scope is None:
         return response
@@ -312,7 +298,7 @@ def _end_request(response: Response) -> Response:
     return _commit_or_roll_back(ctx, scope, response)
 
 
-def _commit_or_roll_back(ctx: RequestContext, scope: ContextScope, response: Response) -> Response:
+def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) -> Response:
     """The end of a request that used its session: decide, finish, close."""
     state: _AppState = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
     decision = should_commit(scope, state.autocommit, state.commit_rule, response)
@@ -327,12 +313,12 @@ def _commit_or_roll_back(ctx: RequestContext, scope: ContextScope, response: Res
             finish_request(scope, decision)
         except Exception as error:
             scope.commit_failed = True
-            failed = failure_response(ctx.app, error)
+            failed = failure_response(ctx, error)
             if failed is None:
                 raise  # the app's normal error handling turns it into a 500
             # The replacement gets the app's after_request treatment (CORS
             # headers, request ids), as Flask gives its own 500 page.
-            return ctx.app.process_response(failed)
+            return _flask_internals.process_response(ctx, failed)
     if response.is_streamed and not response.direct_passthrough:
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.
@@ -346,23 +332,24 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
     """got_request_exception: an unhandled exception ends the request before
     (or instead of) _end_request; roll back and close now, not at the end of
     an app context that may outlive the request."""
-    ctx = _cv_request.get(None)
+    ctx = _flask_internals.request_context()
     scope = scope_of(ctx) if ctx is not None else None
     if scope is not None and not scope.streaming:
         close_scope(scope)
 
 
-def _end_app_context() -> None:
+def _end_app_context(app_ctx: AppContext | None) -> None:
     """Teardown of an app context: close the sessions it and its requests
     left, after the app's own teardown functions (which may have opened one)."""
-    app_ctx = _cv_app.get(None)
     if app_ctx is None or not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
         return
     # An app context pushed inside a view ends while the request goes on; the
     # request's session is the request's to end, not this context's: the
     # context around it takes over the duty of closing it if all else fails.
-    request_ctx = _cv_request.get(None)
-    running_request = scope_of(request_ctx) if request_ctx is not None else None
+    request_ctx = _flask_internals.request_context()
+    running_request = (
+        scope_of(request_ctx) if request_ctx is not None and request_ctx is not app_ctx else None
+    )
     for scope in take_open_scopes(app_ctx):
         if scope is running_request:
             hand_over_to_enclosing_context(app_ctx, scope)

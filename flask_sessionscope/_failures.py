@@ -18,9 +18,12 @@ import logging
 from collections.abc import Callable
 
 import sqlalchemy.exc as sa_exc
-from flask import Flask, Response, current_app, request
+from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
+
+from . import _flask_internals
+from ._flask_internals import Context
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -103,7 +106,7 @@ def is_unavailability(error: BaseException) -> bool:
     return isinstance(error, sa_exc.OperationalError) and "database is locked" in str(original)
 
 
-def failure_response(app: Flask, error: BaseException) -> Response | None:
+def failure_response(ctx: Context, error: BaseException) -> Response | None:
     """The response for a database failure this module knows how to answer,
     produced through the app's own handler for its status if it has one;
     None for any other error."""
@@ -115,7 +118,7 @@ def failure_response(app: Flask, error: BaseException) -> Response | None:
         answer = DatabaseUnavailable(retry_after=RETRY_AFTER)
     else:
         return None
-    response = app.make_response(app.handle_http_exception(answer))
+    response = ctx.app.make_response(_flask_internals.handle_http_exception(ctx, answer))
     if answer.code == 503:
         response.headers.setdefault("Retry-After", str(RETRY_AFTER))
     return response
@@ -129,7 +132,8 @@ def answer_unavailability(
     ``db.transaction()`` block). An outage gets its 503; any other error
     goes to the handler the app would have used without this one (for a base
     class such as ``SQLAlchemyError`` or ``Exception``), or stays unhandled."""
-    response = failure_response(current_app, error)
+    ctx = _flask_internals.request_context()
+    response = failure_response(ctx, error) if ctx is not None else None
     if response is not None:
         return response
     handler = _apps_own_handler(error)

@@ -1,10 +1,12 @@
 """Finding the session that belongs to the current request or app context.
 
 A session belongs to the innermost Flask context of the current app: the
-request context when there is one, otherwise the app context. Keying on the
-request context (not on ``g``, which lives on the app context) matters when an
-app context outlives the requests inside it, as it does under pytest-flask:
-every request still gets a session of its own.
+request's context when there is one, otherwise the app context. Keying on the
+request's context (not on ``g``, which on Flask before 3.2 lives on an app
+context that may outlive the requests inside it, as under pytest-flask)
+gives every request a session of its own. Which context that is comes from
+:mod:`._flask_internals`, the one module that knows how the installed Flask
+arranges its contexts.
 
 The per-context record, :class:`ContextScope`, is attached to the context
 object itself, so it disappears with the context and no global registry can
@@ -15,15 +17,12 @@ and again when the body ends, and the flags must survive in between.
 
 from __future__ import annotations
 
-from typing import TypeAlias
-
-from flask.ctx import AppContext, RequestContext
-from flask.globals import _cv_app, _cv_request
+from flask.ctx import AppContext
 from sqlalchemy.orm import Session
 
+from . import _flask_internals
+from ._flask_internals import Context
 from ._processes import abandon, fork_generation
-
-Context: TypeAlias = AppContext | RequestContext
 
 #: Where a context keeps its scope, and an app context the scopes it must
 #: close. The code that ends every request reads them inline: a function
@@ -101,13 +100,10 @@ def current_context() -> Context:
 
     Raises :class:`RuntimeError` outside any app context.
     """
-    app_ctx = _cv_app.get(None)
-    if app_ctx is None:
+    ctx = _flask_internals.current_context()
+    if ctx is None:
         raise RuntimeError(NO_CONTEXT_MESSAGE)
-    request_ctx = _cv_request.get(None)
-    if request_ctx is not None and request_ctx.app is app_ctx.app:
-        return request_ctx
-    return app_ctx
+    return ctx
 
 
 def scope_of(ctx: Context) -> ContextScope | None:
@@ -127,26 +123,22 @@ def ensure_scope(ctx: Context) -> ContextScope:
     return scope
 
 
-def close_at_app_context_end(scope: ContextScope) -> None:
-    """List ``scope``, whose context just opened a session, on the current app
-    context: the app context's teardown closes it should nothing else have
-    done so first (a request's scope is normally closed when the request
-    ends). Scopes closed since are dropped from the list, so that an app
-    context that outlives many requests does not collect them."""
-    _list_on(_cv_app.get(), scope)
+def close_at_app_context_end(ctx: Context, scope: ContextScope) -> None:
+    """List ``scope``, whose context ``ctx`` just opened a session, on the
+    app context that ends with it: that context's teardown closes it should
+    nothing else have done so first (a request's scope is normally closed
+    when the request ends). Scopes closed since are dropped from the list, so
+    that an app context that outlives many requests does not collect them."""
+    app_ctx = _flask_internals.owning_app_context(ctx)
+    if app_ctx is not None:
+        _list_on(app_ctx, scope)
 
 
 def hand_over_to_enclosing_context(app_ctx: AppContext, scope: ContextScope) -> None:
     """List ``scope`` on the app context that is current again once
-    ``app_ctx`` (ending now) is popped, if there is one.
-
-    Flask keeps no public link between nested contexts; the context
-    variable's token, which Flask keeps to restore the previous context,
-    names it.
-    """
-    tokens = getattr(app_ctx, "_cv_tokens", None)
-    enclosing = tokens[-1].old_value if tokens else None
-    if isinstance(enclosing, AppContext):
+    ``app_ctx`` (ending now) is popped, if there is one."""
+    enclosing = _flask_internals.enclosing_app_context(app_ctx)
+    if enclosing is not None:
         _list_on(enclosing, scope)
 
 

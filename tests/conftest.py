@@ -9,9 +9,12 @@ where it fails them: a green CI must mean the servers were exercised.
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -31,6 +34,30 @@ SERVER_URLS = {
 }
 BACKENDS = ["sqlite", *SERVER_URLS]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: Flask 3.2 passes the context first to its dispatch methods.
+CONTEXT_FIRST = "ctx" in inspect.signature(Flask.do_teardown_appcontext).parameters
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    nested = getattr(error, "exceptions", None)  # an ExceptionGroup (Python 3.11+)
+    if isinstance(nested, tuple):
+        for inner in nested:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+@contextmanager
+def raises_from_teardown(expected: type[BaseException], match: str) -> Iterator[None]:
+    """Expect ``expected`` out of a context's teardown: Flask before 3.2 raises
+    the first error, Flask 3.2 (Python 3.11+) all of them as an ExceptionGroup."""
+    try:
+        yield
+    except BaseException as error:
+        if not any(isinstance(leaf, expected) and re.search(match, str(leaf)) for leaf in _leaves(error)):
+            raise
+    else:
+        pytest.fail(f"teardown raised no {expected.__name__}")
 
 
 class Base(DeclarativeBase):
@@ -155,8 +182,8 @@ def make_app(database_url: URL, tmp_path: Any) -> Iterator[AppFactory]:
     created; everything is dropped and disposed of at the end."""
     made: list[tuple[Flask, SessionScope]] = []
 
-    def factory(**config: Any) -> tuple[Flask, SessionScope]:
-        app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    def factory(app_class: type[Flask] = Flask, **config: Any) -> tuple[Flask, SessionScope]:
+        app = app_class(__name__, instance_path=str(tmp_path / "instance"))
         app.config["SESSIONSCOPE_DATABASE_URL"] = database_url
         app.config.update(config)
         db = SessionScope(app)

@@ -13,7 +13,15 @@ from sqlalchemy.engine import Engine
 
 from flask_sessionscope import SessionScope
 
-from .conftest import AppFactory, Base, CheckoutCounter, Item, stored_keys
+from .conftest import (
+    CONTEXT_FIRST,
+    AppFactory,
+    Base,
+    CheckoutCounter,
+    Item,
+    raises_from_teardown,
+    stored_keys,
+)
 
 
 def test_app_context_session_is_closed_without_commit(make_app: AppFactory, observer: Engine) -> None:
@@ -174,7 +182,7 @@ def test_session_is_closed_even_when_an_app_teardown_function_raises(make_app: A
 
     with app.app_context():
         checkouts = CheckoutCounter(db.engine)
-    with pytest.raises(RuntimeError, match="teardown"), app.app_context():
+    with raises_from_teardown(RuntimeError, "teardown"), app.app_context():
         db.session.execute(sa.select(1))
         assert checkouts.checked_out == 1
         failing.append(True)
@@ -183,12 +191,19 @@ def test_session_is_closed_even_when_an_app_teardown_function_raises(make_app: A
 
 
 def test_do_teardown_appcontext_can_be_called_by_hand(make_app: AppFactory) -> None:
-    """Flask's own signature: no argument (no context needed) or ``exc=``."""
+    """Flask's own signature: before 3.2 no argument (no context needed) or
+    ``exc=``; from 3.2 the context first."""
     app, db = make_app()
-    app.do_teardown_appcontext()
-    with app.app_context():
+    if CONTEXT_FIRST:
+        app.do_teardown_appcontext(app.app_context())
+    else:
+        app.do_teardown_appcontext()
+    with app.app_context() as ctx:
         db.session.execute(sa.select(1))
-        app.do_teardown_appcontext(exc=None)
+        if CONTEXT_FIRST:
+            app.do_teardown_appcontext(ctx, exc=None)
+        else:
+            app.do_teardown_appcontext(exc=None)
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,171 @@
+"""Everything that depends on Flask's private names or on how the installed
+Flask dispatches a request, in one place, chosen by what that Flask offers.
+
+Flask 3.0 and 3.1 keep a request context apart from the app context (two
+context variables, ``_cv_request`` and ``_cv_app``) and call their dispatch
+methods without the context (``process_response(response)``). Flask 3.2
+merges them: one :class:`~flask.ctx.AppContext` per request, with
+``has_request`` telling a request's context from a plain one, a single
+context variable, and dispatch methods that take the context first
+(``process_response(ctx, response)``). The rest of the package asks this
+module and never looks at Flask's private names itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import flask.globals
+from flask import Flask, Response
+from flask.ctx import AppContext
+from flask.globals import _cv_app
+from werkzeug.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    from flask.ctx import RequestContext  # deprecated alias of AppContext on Flask 3.2
+
+    Context: TypeAlias = AppContext | RequestContext
+else:
+    Context: TypeAlias = AppContext
+
+#: Flask < 3.2: a request has a context, and a context variable, of its own;
+#: Flask >= 3.2: None, the app context carries the request.
+_cv_request: ContextVar[Context] | None = getattr(flask.globals, "_cv_request", None)
+
+#: The dispatch methods take the context as their first argument (Flask 3.2).
+CONTEXT_FIRST = "ctx" in inspect.signature(Flask.process_response).parameters
+
+
+def current_app_context() -> AppContext | None:
+    """The active app context, or None outside any."""
+    return _cv_app.get(None)
+
+
+if _cv_request is not None:
+    _cv_request_ = _cv_request  # narrowed for the functions below
+
+    def request_context() -> Context | None:
+        """The innermost context that carries a request, or None."""
+        return _cv_request_.get(None)
+
+    def current_context() -> Context | None:
+        """The context that owns ``db.session`` right now: the innermost
+        request of the current app, else the current app context."""
+        app_ctx = _cv_app.get(None)
+        if app_ctx is None:
+            return None
+        request_ctx = _cv_request_.get(None)
+        if request_ctx is not None and request_ctx.app is app_ctx.app:
+            return request_ctx
+        return app_ctx
+
+else:
+
+    def request_context() -> Context | None:
+        """The innermost context that carries a request, or None. A plain app
+        context pushed inside a request (``with app.app_context():`` in a
+        view) is skipped, as Flask before 3.2 did: the request goes on."""
+        ctx: Any = _cv_app.get(None)
+        while ctx is not None:
+            if ctx.has_request:
+                return cast(Context, ctx)
+            ctx = enclosing_app_context(ctx)
+        return None
+
+    def current_context() -> Context | None:
+        """The context that owns ``db.session`` right now: the innermost
+        request of the current app, else the current app context."""
+        app_ctx: Any = _cv_app.get(None)
+        if app_ctx is None or app_ctx.has_request:  # Any: Flask < 3.2 has no has_request
+            return cast("Context | None", app_ctx)
+        request_ctx = request_context()
+        if request_ctx is not None and request_ctx.app is app_ctx.app:
+            return request_ctx
+        return cast(Context, app_ctx)
+
+
+def owning_app_context(ctx: Context) -> AppContext | None:
+    """The app context whose end closes ``ctx``'s sessions at the latest: the
+    context itself when it is an app context (every context on Flask 3.2),
+    otherwise the app context active now."""
+    if isinstance(ctx, AppContext):
+        return ctx
+    return _cv_app.get(None)
+
+
+def _enclosing(app_ctx: AppContext) -> object:
+    """The context that was active before ``app_ctx`` was pushed (Flask keeps
+    it in the context variable's token, to restore it when popping)."""
+    token: Token[AppContext] | None
+    tokens = getattr(app_ctx, "_cv_tokens", None)  # Flask < 3.2: one per push
+    token = tokens[-1] if tokens else getattr(app_ctx, "_cv_token", None)
+    return token.old_value if token is not None else None
+
+
+def enclosing_app_context(app_ctx: AppContext) -> AppContext | None:
+    """The app context that becomes current again when ``app_ctx`` is popped."""
+    enclosing = _enclosing(app_ctx)
+    return enclosing if isinstance(enclosing, AppContext) else None
+
+
+ResponseHook = Callable[[Context, Response], Response]
+TeardownHook = Callable[[AppContext | None], None]
+
+
+def wrap_process_response(app: Flask, after: ResponseHook) -> None:
+    """Make ``app.process_response`` call ``after(ctx, response)`` on the
+    response it produced (after every after_request function and the
+    cookie session's save), with whichever signature the installed Flask
+    calls it."""
+    process_response: Callable[..., Response] = app.process_response
+    wrapper: Callable[..., Response]  # the signature the installed Flask calls
+    if not CONTEXT_FIRST:
+        assert _cv_request is not None, "Flask without a request context variable passes the context"
+        cv_request = _cv_request
+
+        def old_signature(response: Response) -> Response:
+            return after(cv_request.get(), process_response(response))
+
+        wrapper = old_signature
+    else:
+
+        def context_first(ctx: Context, response: Response) -> Response:
+            return after(ctx, process_response(ctx, response))
+
+        wrapper = context_first
+
+    app.process_response = wrapper  # type: ignore[method-assign, assignment]
+
+
+def wrap_do_teardown_appcontext(app: Flask, after: TeardownHook) -> None:
+    """Make ``app.do_teardown_appcontext`` call ``after(app_ctx)`` once the
+    app's own teardown functions have run, even when one of them raised.
+    Arguments pass through unchanged, so every signature the installed
+    Flask accepts still works."""
+    do_teardown_appcontext: Callable[..., None] = app.do_teardown_appcontext
+
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            do_teardown_appcontext(*args, **kwargs)
+        finally:
+            after(args[0] if args and isinstance(args[0], AppContext) else _cv_app.get(None))
+
+    app.do_teardown_appcontext = wrapper  # type: ignore[method-assign]
+
+
+def handle_http_exception(ctx: Context, error: HTTPException) -> Any:
+    """``app.handle_http_exception`` as the installed Flask expects it called."""
+    if CONTEXT_FIRST:
+        return ctx.app.handle_http_exception(ctx, error)  # type: ignore[call-arg, arg-type]
+    return ctx.app.handle_http_exception(error)
+
+
+def process_response(ctx: Context, response: Response) -> Response:
+    """``app.process_response`` (the extension's wrapper included) as the
+    installed Flask expects it called."""
+    if CONTEXT_FIRST:
+        return ctx.app.process_response(ctx, response)  # type: ignore[call-arg, arg-type]
+    return ctx.app.process_response(response)
