@@ -4,7 +4,7 @@ failed, and always closed."""
 
 from __future__ import annotations
 
-from ._errors import ConfigurationError, ReadOnlySessionError, SessionScopeError
+from ._errors import ConfigurationError, ReadOnlySessionError, SessionScopeError, TransactionAbortedError
 from ._extension import SessionScope
 from ._settings import default_commit_rule
 
@@ -13,5 +13,6 @@ __all__ = [
     "ReadOnlySessionError",
     "SessionScope",
     "SessionScopeError",
+    "TransactionAbortedError",
     "default_commit_rule",
 ]

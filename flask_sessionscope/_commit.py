@@ -11,6 +11,8 @@ from flask import Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from ._aborted import aborted_reason
+from ._errors import TransactionAbortedError
 from ._failures import CommitInterrupted
 from ._guards import forget_writes, has_unsaved_writes, is_read_only
 from ._scope import ContextScope
@@ -50,7 +52,9 @@ def commit_or_discard(session: Session) -> None:
     its connection returns to the pool, then re-raise.
 
     The flush runs on its own first: a failure there (a constraint, a lost
-    connection) certainly left nothing committed. A connection lost during
+    connection) certainly left nothing committed. A transaction the server
+    has already aborted (after an error the app caught) is not committed
+    but raised as :class:`TransactionAbortedError`. A connection lost during
     the COMMIT that follows is different, since the server may have applied
     it; that case is raised as :class:`CommitInterrupted`.
     """
@@ -59,6 +63,14 @@ def commit_or_discard(session: Session) -> None:
         if is_read_only(session):
             session.rollback()  # nothing to save, and nothing that slipped past may be
             return
+        reason = aborted_reason(session)
+        if reason is not None:
+            logger.error(
+                "the database aborted the transaction after an error that was caught (%s);"
+                " nothing is committed and the request fails",
+                reason,
+            )
+            raise TransactionAbortedError(f"the database aborted the transaction after: {reason}")
         try:
             session.commit()
         except DBAPIError as error:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _flask_internals, _guards
+from ._aborted import watch as watch_for_aborted_transactions
 from ._commit import (
     begin_before_savepoint,
     close_after_body,
@@ -108,6 +109,7 @@ class SessionScope:
         engines = create_engines(settings.engines)
         for engine in engines.values():
             track(engine)
+            watch_for_aborted_transactions(engine)
         try:
             factory = sessionmaker(**resolve_session_options(settings.session_options, engines))
             factory().close()  # let SQLAlchemy reject unknown options now, not at the first request
