@@ -6,6 +6,7 @@ behind a 2xx). A SAVEPOINT the view rolled back itself keeps working."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ def _store(observer: Engine, *keys: str) -> None:
 def test_caught_error_that_aborts_the_transaction_fails_the_request(
     make_app: AppFactory, observer: Engine, backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """"Insert the tag unless it exists", done by catching the unique key
+    """ "Insert the tag unless it exists", done by catching the unique key
     violation. PostgreSQL aborts the transaction on that error: the request
     is a 500 and nothing of it is stored. SQLite and MariaDB undo only the
     failed statement: the request succeeds with its other write."""
@@ -40,10 +41,8 @@ def test_caught_error_that_aborts_the_transaction_fails_the_request(
     def create(key: str) -> tuple[str, int]:
         db.session.add(Item(key=key))
         db.session.flush()
-        try:
+        with contextlib.suppress(IntegrityError):  # "already there"
             db.session.execute(sa.insert(Item).values(key="taken"))
-        except IntegrityError:
-            pass  # "already there"
         return "created", 201
 
     with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
@@ -93,10 +92,8 @@ def test_transaction_block_the_server_aborted_raises_and_stores_nothing(
         with pytest.raises(TransactionAbortedError, match="UniqueViolation"), db.transaction() as session:
             session.add(Item(key="new"))
             session.flush()
-            try:
+            with contextlib.suppress(IntegrityError):
                 session.execute(sa.insert(Item).values(key="taken"))
-            except IntegrityError:
-                pass
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert stored_keys(observer) == ["taken"]
 
