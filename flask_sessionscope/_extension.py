@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import InternalServerError
 
 from . import _flask_internals, _guards
 from ._aborted import watch as watch_for_aborted_transactions
@@ -30,7 +31,7 @@ from ._commit import (
     should_commit,
 )
 from ._errors import ConfigurationError
-from ._failures import CommitInterrupted, answer_unavailability, failure_response
+from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
 from ._processes import track
 from ._scope import (
@@ -44,6 +45,7 @@ from ._scope import (
     scope_of,
     take_open_scopes,
 )
+from ._sendable import check_headers_sendable, pull_first_chunk
 from ._settings import (
     BINDS_KEY,
     SESSION_OPTIONS_KEY,
@@ -111,7 +113,9 @@ class SessionScope:
             track(engine)
             watch_for_aborted_transactions(engine)
         try:
-            factory = sessionmaker(**resolve_session_options(settings.session_options, engines))
+            options = resolve_session_options(settings.session_options, engines)
+            options["class_"] = _with_remove(options.get("class_", Session))
+            factory = sessionmaker(**options)
             factory().close()  # let SQLAlchemy reject unknown options now, not at the first request
         except TypeError as error:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
@@ -229,6 +233,22 @@ class SessionScope:
         """
         return _wrap_view(view, _mark_read_only)
 
+    def first_chunk_before_commit(self, view: View) -> View:
+        """View decorator for views that return a streamed body: its first
+        chunk is produced before the request is committed, so that a body
+        that fails at once (a bad query, a missing file) fails the request
+        with nothing committed, instead of an error sent after the commit.
+
+        Only the first chunk: the transaction stays open while it is made,
+        and a body that waits for events before its first chunk (server-sent
+        events) would hold it open all that time, so this is not the default.
+        """
+
+        def mark(scope: ContextScope) -> None:
+            scope.first_chunk_before_commit = True
+
+        return _wrap_view(view, mark)
+
     def set_rollback_only(self) -> None:
         """Roll back the current request's session at its end even if the
         response is a success."""
@@ -266,6 +286,16 @@ class SessionScope:
         return {**mapped_classes(), "db": self}
 
 
+def _with_remove(session_class: type[Session]) -> type[Session]:
+    """``session_class`` with a ``remove()`` that closes the session, unless
+    it has one: Flask-SQLAlchemy's ``db.session`` is a ``scoped_session``,
+    and an app moving over may keep a ``db.session.remove()`` in a teardown
+    function, which must not fail every request."""
+    if hasattr(session_class, "remove"):
+        return session_class
+    return type(session_class.__name__, (session_class,), {"remove": session_class.close})
+
+
 def _end_sessions_with_requests(app: Flask) -> None:
     """Commit or roll back at the end of ``app.process_response``, and close
     leftovers at the end of ``app.do_teardown_appcontext``.
@@ -280,8 +310,9 @@ def _end_sessions_with_requests(app: Flask) -> None:
     after_request function, including those registered later, and after
     the cookie session is saved.
     """
-    _flask_internals.wrap_process_response(app, _end_request)
-    _flask_internals.wrap_do_teardown_appcontext(app, _end_app_context)
+    _flask_internals.wrap_process_response(app, _end_request, _after_request_failed)
+    _flask_internals.wrap_do_teardown_request(app, _teardown_failed)
+    _flask_internals.wrap_do_teardown_appcontext(app, _end_app_context, _teardown_failed)
 
 
 def _end_request(ctx: Context, response: Response) -> Response:
@@ -290,14 +321,14 @@ def _end_request(ctx: Context, response: Response) -> Response:
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     if scope is None:
         return response
-    if scope.session is None:
-        if scope.commit_failed and response.status_code < 400:
-            # An error handler of the app answered a failed commit with a
-            # success status (a handler that returns only a body gets 200).
-            logger.error("an error handler answered %s for a failed commit; sending 500", response.status)
-            response.status_code = 500
-        return response
-    return _commit_or_roll_back(ctx, scope, response)
+    if scope.session is not None:
+        response = _commit_or_roll_back(ctx, scope, response)
+    if scope.commit_failed and response.status_code < 400:
+        # An error handler of the app answered a failed commit with a
+        # success status (a handler that returns only a body gets 200).
+        logger.error("an error handler answered %s for a failed commit; sending 500", response.status)
+        response.status_code = 500
+    return response
 
 
 def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) -> Response:
@@ -312,12 +343,20 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         decision = False
     if decision is not None:
         try:
+            if decision:
+                _check_before_commit(scope, response)
             finish_request(scope, decision)
         except Exception as error:
             scope.commit_failed = True
+            close_scope(scope)
             failed = failure_response(ctx, error)
             if failed is None:
-                raise  # the app's normal error handling turns it into a 500
+                if not scope.request_failed:
+                    raise  # the app's normal error handling turns it into a 500
+                # Finishing the app's error handler's response, where Flask
+                # would log this error and send that response anyway.
+                logger.error("the commit after the app's error handler failed; sending 500", exc_info=error)
+                failed = ctx.app.make_response(InternalServerError())
             # The replacement gets the app's after_request treatment (CORS
             # headers, request ids), as Flask gives its own 500 page.
             return _flask_internals.process_response(ctx, failed)
@@ -330,13 +369,67 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
     return response
 
 
+def _check_before_commit(scope: ContextScope, response: Response) -> None:
+    """What must not fail after the commit is made to fail before it: a
+    header the server cannot send, and (if the view asked) a streamed
+    body's first chunk."""
+    if scope.first_chunk_before_commit and response.is_streamed:
+        pull_first_chunk(response)
+    check_headers_sendable(response)
+
+
+def _after_request_failed(ctx: Context, error: Exception) -> Response:
+    """An after_request function (or the save of Flask's session) raised.
+    Nothing is committed. A database outage met there (a pool timeout, a
+    lost connection) gets the 503 it gets in a view; the after_request
+    functions, which just failed, do not run on it. Anything else goes to
+    Flask's handling of errors (a 500)."""
+    scope = scope_of(ctx)
+    if not is_unavailability(error):
+        raise error
+    if scope is not None:
+        scope.commit_failed = True
+        close_scope(scope)
+    answer = failure_response(ctx, error)
+    assert answer is not None
+    return answer
+
+
+def _teardown_failed(ctx: AppContext | None, error: Exception) -> None:
+    """A teardown function of the app raised. After the request's commit,
+    the client's answer must stay the success whose writes are stored:
+    the error is logged, not raised (which would make the server send a 500
+    instead). Before a commit, or outside requests, it is raised as usual."""
+    if ctx is None or not _committed_here(ctx):
+        raise error
+    logger.error(
+        "a teardown function raised after the request was committed; the response stands", exc_info=error
+    )
+
+
+def _committed_here(ctx: AppContext) -> bool:
+    """Whether the request of ``ctx`` (or one it served) has been committed."""
+    request_ctx = _flask_internals.request_context()
+    for scope in (
+        scope_of(ctx),
+        scope_of(request_ctx) if request_ctx is not None else None,
+        *getattr(ctx, OPEN_SCOPES_ATTRIBUTE, ()),
+    ):
+        if scope is not None and scope.committed:
+            return True
+    return False
+
+
 def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -> None:
     """got_request_exception: an unhandled exception ends the request before
     (or instead of) _end_request; roll back and close now, not at the end of
     an app context that may outlive the request."""
     ctx = _flask_internals.request_context()
-    scope = scope_of(ctx) if ctx is not None else None
-    if scope is not None and not scope.streaming:
+    if ctx is None:
+        return
+    scope = ensure_scope(ctx)
+    scope.request_failed = True
+    if not scope.streaming:
         close_scope(scope)
 
 

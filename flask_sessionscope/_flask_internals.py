@@ -112,14 +112,17 @@ def enclosing_app_context(app_ctx: AppContext) -> AppContext | None:
 
 
 ResponseHook = Callable[[Context, Response], Response]
+ResponseErrorHook = Callable[[Context, Exception], Response]
+TeardownErrorHook = Callable[[AppContext | None, Exception], None]
 TeardownHook = Callable[[AppContext | None], None]
 
 
-def wrap_process_response(app: Flask, after: ResponseHook) -> None:
+def wrap_process_response(app: Flask, after: ResponseHook, on_error: ResponseErrorHook) -> None:
     """Make ``app.process_response`` call ``after(ctx, response)`` on the
     response it produced (after every after_request function and the
-    cookie session's save), with whichever signature the installed Flask
-    calls it."""
+    cookie session's save), or ``on_error(ctx, error)`` when one of those
+    raised (it returns a response or raises), with whichever signature the
+    installed Flask calls it."""
     process_response: Callable[..., Response] = app.process_response
     wrapper: Callable[..., Response]  # the signature the installed Flask calls
     if not CONTEXT_FIRST:
@@ -127,31 +130,62 @@ def wrap_process_response(app: Flask, after: ResponseHook) -> None:
         cv_request = _cv_request
 
         def old_signature(response: Response) -> Response:
-            return after(cv_request.get(), process_response(response))
+            try:
+                response = process_response(response)
+            except Exception as error:
+                return on_error(cv_request.get(), error)
+            return after(cv_request.get(), response)
 
         wrapper = old_signature
     else:
 
         def context_first(ctx: Context, response: Response) -> Response:
-            return after(ctx, process_response(ctx, response))
+            try:
+                response = process_response(ctx, response)
+            except Exception as error:
+                return on_error(ctx, error)
+            return after(ctx, response)
 
         wrapper = context_first
 
     app.process_response = wrapper  # type: ignore[method-assign, assignment]
 
 
-def wrap_do_teardown_appcontext(app: Flask, after: TeardownHook) -> None:
+def _context_argument(args: tuple[Any, ...]) -> AppContext | None:
+    """The context a teardown method was called for: its first argument on
+    Flask 3.2, the active context before."""
+    return args[0] if args and isinstance(args[0], AppContext) else _cv_app.get(None)
+
+
+def wrap_do_teardown_request(app: Flask, on_error: TeardownErrorHook) -> None:
+    """Make ``app.do_teardown_request`` hand an error of the app's teardown
+    functions to ``on_error(ctx, error)``, which raises it or not."""
+    do_teardown_request: Callable[..., None] = app.do_teardown_request
+
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            do_teardown_request(*args, **kwargs)
+        except Exception as error:
+            on_error(_context_argument(args), error)
+
+    app.do_teardown_request = wrapper  # type: ignore[method-assign]
+
+
+def wrap_do_teardown_appcontext(app: Flask, after: TeardownHook, on_error: TeardownErrorHook) -> None:
     """Make ``app.do_teardown_appcontext`` call ``after(app_ctx)`` once the
-    app's own teardown functions have run, even when one of them raised.
-    Arguments pass through unchanged, so every signature the installed
-    Flask accepts still works."""
+    app's own teardown functions have run, and hand an error of theirs to
+    ``on_error(app_ctx, error)`` first, which raises it or not. Arguments
+    pass through unchanged, so every signature the installed Flask accepts
+    still works."""
     do_teardown_appcontext: Callable[..., None] = app.do_teardown_appcontext
 
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             do_teardown_appcontext(*args, **kwargs)
+        except Exception as error:
+            on_error(_context_argument(args), error)
         finally:
-            after(args[0] if args and isinstance(args[0], AppContext) else _cv_app.get(None))
+            after(_context_argument(args))
 
     app.do_teardown_appcontext = wrapper  # type: ignore[method-assign]
 

@@ -49,8 +49,10 @@ class ContextScope:
         "autocommit",
         "commit_failed",
         "committed",
+        "first_chunk_before_commit",
         "generation",
         "read_only",
+        "request_failed",
         "rollback_only",
         "session",
         "streaming",
@@ -72,6 +74,11 @@ class ContextScope:
         self.committed = False
         #: The end-of-request commit failed: no answer may be a success.
         self.commit_failed = False
+        #: Set by ``@first_chunk_before_commit``: pull a streamed body's first chunk before committing.
+        self.first_chunk_before_commit = False
+        #: An unhandled exception went through Flask's handle_exception: the
+        #: response now being finished is the app's error handler's.
+        self.request_failed = False
         #: A streamed body is being sent: its end, not teardown, closes the sessions.
         self.streaming = False
         #: The fork generation of the process that opened the sessions.
