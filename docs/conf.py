@@ -63,5 +63,16 @@ nitpick_ignore = [
         "collections.abc.Iterator",
         "View",
         "flask_sessionscope._extension.View",
+        "T",
+        "flask_sessionscope._extension.T",
+        "MetadataArgument",
+        "MetaData",
+        "sqlalchemy.MetaData",
+        "sqlalchemy.sql.schema.MetaData",
+        "Select",
+        "sqlalchemy.Select",
+        "sqlalchemy.sql.selectable.Select",
+        "collections.abc.Callable",
+        "Pagination",
     )
 ]

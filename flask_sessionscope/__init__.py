@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from ._errors import ConfigurationError, ReadOnlySessionError, SessionScopeError, TransactionAbortedError
 from ._extension import SessionScope
+from ._pagination import Pagination
 from ._settings import default_commit_rule
 
 __all__ = [
     "ConfigurationError",
+    "Pagination",
     "ReadOnlySessionError",
     "SessionScope",
     "SessionScopeError",

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 from ._aborted import aborted_reason
 from ._errors import TransactionAbortedError
 from ._failures import CommitInterrupted
-from ._guards import forget_writes, has_unsaved_writes, is_read_only
+from ._guards import FLUSHED, forget_writes, has_unsaved_writes, is_read_only
 from ._scope import ContextScope
 from ._settings import CommitRule
+from ._sqlalchemy_internals import transaction_connections
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -40,6 +41,15 @@ def finish_request(scope: ContextScope, commit: bool) -> None:
     if not commit:
         roll_back(session)
         return
+    if not has_unsaved_writes(session):
+        if not _driver_began_transaction(session):
+            # SQLite's driver begins a transaction at the first write only:
+            # a request that read has nothing for COMMIT to do.
+            scope.committed = True
+            return
+        # A request that wrote nothing keeps what it loaded (a streamed
+        # body may still read it) instead of reloading it after COMMIT.
+        session.expire_on_commit = False
     scope.session = None
     commit_or_discard(session)
     forget_writes(session)
@@ -51,16 +61,18 @@ def commit_or_discard(session: Session) -> None:
     """Commit ``session``; if that fails, roll back and close the session so
     its connection returns to the pool, then re-raise.
 
-    The flush runs on its own first: a failure there (a constraint, a lost
-    connection) certainly left nothing committed. A transaction the server
-    has already aborted (after an error the app caught) is not committed
-    but raised as :class:`TransactionAbortedError`. A connection lost during
-    the COMMIT that follows is different, since the server may have applied
-    it; that case is raised as :class:`CommitInterrupted`.
+    ``before_commit`` listeners see the pending objects, as with a plain
+    ``commit()``. A failure of the flush that ``commit()`` runs (a
+    constraint, a lost connection) certainly left nothing committed; a
+    connection lost during the COMMIT after it is different, since the
+    server may have applied it: that case is raised as
+    :class:`CommitInterrupted`. A transaction the server has already
+    aborted (after an error the app caught) is not committed but raised as
+    :class:`TransactionAbortedError`.
     """
     try:
-        session.flush()  # in a read-only session, refuses pending changes
         if is_read_only(session):
+            session.flush()  # refuses pending changes
             session.rollback()  # nothing to save, and nothing that slipped past may be
             return
         reason = aborted_reason(session)
@@ -71,15 +83,30 @@ def commit_or_discard(session: Session) -> None:
                 reason,
             )
             raise TransactionAbortedError(f"the database aborted the transaction after: {reason}")
+        to_flush = bool(session.new or session.dirty or session.deleted)
+        forget_writes(session)  # from here, a noted flush is commit()'s own
         try:
             session.commit()
         except DBAPIError as error:
-            if error.connection_invalidated:
+            in_flush = to_flush and not session.info.get(FLUSHED)
+            if error.connection_invalidated and not in_flush:
                 raise CommitInterrupted("connection lost during COMMIT") from error
             raise
     except BaseException:
         close_quietly(session)
         raise
+
+
+def _driver_began_transaction(session: Session) -> bool:
+    """Whether any connection of ``session`` may hold a transaction on the
+    server. Only pysqlite tells for sure that it does not (it sends BEGIN
+    before the first write, not before a read); with any doubt, True."""
+    for connection in transaction_connections(session):
+        if connection.dialect.driver != "pysqlite" or connection.invalidated:
+            return True
+        if getattr(connection.connection.dbapi_connection, "in_transaction", True):
+            return True
+    return False
 
 
 def roll_back(session: Session) -> None:

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, got_request_exception, has_app_context, request
+from flask import Flask, Response, abort, current_app, got_request_exception, has_app_context, request
 from flask.ctx import AppContext
+from sqlalchemy import MetaData, Select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
@@ -33,7 +34,9 @@ from ._commit import (
 from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
+from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
 from ._processes import track
+from ._schema import ALL_BINDS, MetadataArgument, MetadataByBind, metadata_by_bind, selected_binds
 from ._scope import (
     OPEN_SCOPES_ATTRIBUTE,
     SCOPE_ATTRIBUTE,
@@ -58,10 +61,38 @@ from ._settings import (
 from ._shell import mapped_classes
 
 View = TypeVar("View", bound=Callable[..., Any])
+T = TypeVar("T")
 
 logger = logging.getLogger("flask_sessionscope")
 
 EXTENSION_KEY = "sessionscope"
+#: Flask-SQLAlchemy's names that SessionScope leaves to SQLAlchemy itself.
+_FLASK_SQLALCHEMY_NAMES = frozenset(
+    {
+        "Model",
+        "Query",
+        "Table",
+        "Column",
+        "Integer",
+        "String",
+        "Text",
+        "Boolean",
+        "DateTime",
+        "Float",
+        "Numeric",
+        "ForeignKey",
+        "relationship",
+        "backref",
+        "select",
+        "func",
+        "and_",
+        "or_",
+        "event",
+        "query",
+        "reflect",
+        "get_recorded_queries",
+    }
+)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -88,13 +119,32 @@ class SessionScope:
     app gets its own engines and a single sessionmaker.
     """
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(self, app: Flask | None = None, *, metadata: MetadataArgument = None) -> None:
         self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._metadatas = metadata_by_bind(metadata)
         if app is not None:
             self.init_app(app)
 
     def __repr__(self) -> str:
         return f"<SessionScope apps={len(self._states)}>"
+
+    def __getattr__(self, name: str) -> Any:
+        """Point Flask-SQLAlchemy habits (``db.Model``, ``db.Column``,
+        ``db.relationship``...) to the migration guide instead of a bare
+        AttributeError. Called only for names the object does not have."""
+        if name == "metadata":
+            raise AttributeError(
+                "this SessionScope was given no metadata for the default bind; create it with"
+                " SessionScope(app, metadata=Base.metadata) (see docs/migrating.md)"
+            )
+        if name in _FLASK_SQLALCHEMY_NAMES:
+            raise AttributeError(
+                f"SessionScope has no {name!r}: models are plain SQLAlchemy declarative classes"
+                " (from sqlalchemy import Column, ...; class Base(DeclarativeBase)). To keep"
+                " Flask-SQLAlchemy's API, use flask_sessionscope.compat.SQLAlchemy instead;"
+                " see docs/migrating.md"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def init_app(self, app: Flask) -> None:
         """Read the app's configuration, build its engines and sessionmaker,
@@ -248,6 +298,82 @@ class SessionScope:
             scope.first_chunk_before_commit = True
 
         return _wrap_view(view, mark)
+
+    # -- schema ------------------------------------------------------------
+
+    @property
+    def metadata(self) -> MetaData:
+        """The default bind's ``MetaData``, as given by
+        ``SessionScope(metadata=Base.metadata)`` (Flask-Migrate reads it)."""
+        if None not in self._metadatas:
+            raise AttributeError("metadata")  # __getattr__ says how to give it
+        return self._metadatas[None]
+
+    @property
+    def metadatas(self) -> dict[str | None, MetaData]:
+        """Every bind's ``MetaData`` by bind name (``None``: the default), as
+        given to ``SessionScope(metadata=...)``; a bind without one is a
+        KeyError that says how to give it."""
+        return MetadataByBind(self._metadatas)
+
+    def create_all(self, bind_key: str | list[str | None] | None = ALL_BINDS) -> None:
+        """Create the tables of the given metadata that do not exist yet, on
+        every bind (``"__all__"``), or on the one or several named. Needs an
+        app context."""
+        for key in selected_binds(self._metadatas, bind_key):
+            self._metadatas[key].create_all(self.get_engine(key))
+
+    def drop_all(self, bind_key: str | list[str | None] | None = ALL_BINDS) -> None:
+        """Drop the tables of the given metadata, on every bind or on the
+        named ones. Needs an app context."""
+        for key in selected_binds(self._metadatas, bind_key):
+            self._metadatas[key].drop_all(self.get_engine(key))
+
+    # -- queries a view needs ---------------------------------------------
+
+    def get_or_404(self, entity: type[T], ident: Any, *, description: str | None = None) -> T:
+        """``db.session.get(entity, ident)``, or a 404 when there is no such row."""
+        found = self.session.get(entity, ident)
+        if found is None:
+            abort(404, description=description)
+        return found
+
+    def first_or_404(self, statement: Select[Any], *, description: str | None = None) -> Any:
+        """The first result of ``statement`` (as ``scalars().first()``), or a 404 when there is none."""
+        found = self.session.execute(statement).scalars().first()
+        if found is None:
+            abort(404, description=description)
+        return found
+
+    def one_or_404(self, statement: Select[Any], *, description: str | None = None) -> Any:
+        """The only result of ``statement`` (as ``scalar_one()``), or a 404
+        when there is none or more than one."""
+        try:
+            return self.session.execute(statement).scalar_one()
+        except (NoResultFound, MultipleResultsFound):
+            abort(404, description=description)
+
+    def paginate(
+        self,
+        select: Select[Any],
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = DEFAULT_MAX_PER_PAGE,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Pagination:
+        """One page of ``select``'s results as a :class:`Pagination`.
+
+        ``page`` and ``per_page`` default to the ``page`` and ``per_page``
+        query string arguments (1 and 20 without them); ``per_page`` is
+        capped at ``max_per_page``. Values that are not whole numbers from 1,
+        and a page past the end, are a 404 under ``error_out``; otherwise
+        bad values fall back to the defaults. ``count=False`` skips the
+        count query (``total`` is then None).
+        """
+        page, per_page = page_arguments(page, per_page, max_per_page, error_out)
+        return paginate_select(self.session, select, page, per_page, count, error_out)
 
     def set_rollback_only(self) -> None:
         """Roll back the current request's session at its end even if the
