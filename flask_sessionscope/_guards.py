@@ -110,21 +110,41 @@ _WRITING_WORDS = re.compile(
 # read-only mode off), nor takes a lock held past the statement (advisory
 # locks, GET_LOCK), nor assigns a user variable (:=, INTO @var). The server
 # itself refuses every write; this keeps the connection as clean as it came.
-_STATE_CHANGING_SQL = re.compile(
-    r"\A\s*(?!\(*\s*(?:SELECT|WITH|SHOW|EXPLAIN|VALUES|TABLE|DESCRIBE|DESC|SAVEPOINT|RELEASE|ROLLBACK)\b)"
-    r"|;\s*\S|\bINTO\b|:=|set_config|advisory_lock|get_lock",
-    re.IGNORECASE,
+_READING_START = re.compile(
+    r"\s*\(*\s*(?:select|with|show|explain|values|table|describe|desc|savepoint|release|rollback)\b"
 )
+_INTO_OR_SECOND_STATEMENT = re.compile(r"\binto\b|;\s*\S")
+_STATE_CHANGING_WORDS = ("set_config", "advisory_lock", "get_lock", ":=")
+#: Verdicts by SQL string. SQLAlchemy hands the driver the same string object
+#: each time a cached statement runs, so a lookup costs a cached hash; the
+#: size bound keeps statements with inlined values from growing it for ever.
+_verdicts: dict[str, bool] = {}
+_MAX_VERDICTS = 1000
 
 
 def refuse_state_changing_sql(statement: str) -> None:
     """Raise :class:`ReadOnlySessionError` for SQL a read-only connection
-    must not run (see ``_STATE_CHANGING_SQL``)."""
-    if _STATE_CHANGING_SQL.search(statement):
+    must not run (see ``_READING_START`` and what follows it)."""
+    refused = _verdicts.get(statement)
+    if refused is None:
+        refused = _changes_state(statement)
+        if len(_verdicts) >= _MAX_VERDICTS:
+            _verdicts.clear()
+        _verdicts[statement] = refused
+    if refused:
         raise ReadOnlySessionError(
             "this session is read-only (@read_only view) and refuses statements that write"
             " or change the connection's settings or locks"
         )
+
+
+def _changes_state(statement: str) -> bool:
+    lowered = statement.lower()
+    if _READING_START.match(lowered) is None:
+        return True
+    if (";" in lowered or "into" in lowered) and _INTO_OR_SECOND_STATEMENT.search(lowered):
+        return True
+    return any(word in lowered for word in _STATE_CHANGING_WORDS)
 
 
 def _is_textual_write(statement: Any) -> bool:
