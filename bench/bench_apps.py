@@ -163,12 +163,13 @@ def hand_written(url: str, engine_options: dict[str, Any]) -> Flask:
     return app
 
 
-def _sessionscope(url: str, engine_options: dict[str, Any], read_only: bool) -> Flask:
+def _sessionscope(url: str, engine_options: dict[str, Any], read_only: bool, **config: Any) -> Flask:
     from flask_sessionscope import SessionScope
 
     app = _base_app()
     app.config["SESSIONSCOPE_DATABASE_URL"] = url
     app.config["SESSIONSCOPE_ENGINE_OPTIONS"] = engine_options
+    app.config.update(config)
     db = SessionScope(app)
     _add_views(app, lambda: db.session, commit=False, read_decorator=db.read_only if read_only else None)
     return app

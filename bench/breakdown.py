@@ -20,7 +20,10 @@ extension does on every request:
   transaction, then on AUTOCOMMIT connections (a dedicated engine, or a
   normal engine's connections switched at checkout as the extension's
   read-only fast path does, with and without a commit at the end), and the
-  extension with ``@db.read_only``.
+  extension with ``@db.read_only``;
+- read by key on PostgreSQL, with ``SESSIONSCOPE_RESET_SESSION_STATE``: the
+  hand-written pattern, the extension, and the extension clearing each
+  connection's session state when it goes back to the pool.
 
 The request that does not use the database has a script of its own,
 ``lazy.py``, which also counts instructions.
@@ -200,6 +203,19 @@ def run(url: str, rounds: int) -> None:
                 url, autocommit="connection"
             ),
             "flask-sessionscope, @read_only": bench_apps.sessionscope_read_only(url, {}),
+        },
+        rounds,
+        150,
+    )
+    compare(
+        "read by key, session state reset on return (ratio to the hand-written pattern)",
+        f"/items/{bench_apps.READ_KEY}",
+        {
+            "hand-written pattern (close only)": hand_written(url),
+            "flask-sessionscope": bench_apps.sessionscope_defaults(url, {}),
+            "flask-sessionscope, SESSIONSCOPE_RESET_SESSION_STATE": bench_apps._sessionscope(
+                url, {}, read_only=False, SESSIONSCOPE_RESET_SESSION_STATE=True
+            ),
         },
         rounds,
         150,

@@ -20,7 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
 
-from . import _flask_internals, _guards
+from . import _connection_state, _flask_internals, _guards
 from ._aborted import watch as watch_for_aborted_transactions
 from ._commit import (
     begin_before_savepoint,
@@ -55,7 +55,6 @@ from ._settings import (
     CommitRule,
     create_engines,
     read_settings,
-    reads_faster_in_autocommit,
     resolve_session_options,
 )
 from ._shell import mapped_classes
@@ -106,6 +105,9 @@ class _AppState:
     commit_rule: CommitRule
     #: The session class of read-only sessions (refuses writes).
     read_only_class: type[Session]
+    #: The engines read-only sessions use instead of the app's, where the
+    #: server can keep connections read-only; keyed by the app's engine.
+    read_only_engines: dict[Engine, Engine]
 
 
 class SessionScope:
@@ -159,9 +161,14 @@ class SessionScope:
             )
         settings = read_settings(app.config, app.instance_path)
         engines = create_engines(settings.engines)
+        read_only_engines = _connection_state.create_read_only_engines(settings.engines, engines)
         for engine in engines.values():
             track(engine)
             watch_for_aborted_transactions(engine)
+            if settings.reset_session_state:
+                _connection_state.reset_on_return(engine)
+        for engine in read_only_engines.values():
+            track(engine)  # autocommit and never committed: nothing to watch
         try:
             options = resolve_session_options(settings.session_options, engines)
             options["class_"] = _with_remove(options.get("class_", Session))
@@ -176,6 +183,7 @@ class SessionScope:
             settings.autocommit,
             settings.commit_rule,
             _guards.read_only_class(factory),
+            read_only_engines,
         )
         app.extensions[EXTENSION_KEY] = self
 
@@ -276,10 +284,13 @@ class SessionScope:
         :class:`ReadOnlySessionError` before reaching the database, so the
         request fails and nothing is written.
 
-        The guard covers ORM flushes and statements run through the session
-        (textual SQL is judged by its wording); it is not a security boundary:
-        SQL sent on ``session.connection()`` directly is not inspected. A
-        read-only session is never committed, only rolled back.
+        The guard covers ORM flushes, bulk methods and statements run through
+        the session (textual SQL is judged by its wording). On PostgreSQL and
+        MySQL/MariaDB the session also runs on connections the server keeps
+        read-only, in autocommit mode, taken from the pool at the first
+        statement. It is not a security boundary: only a read-only database
+        role or a replica is. A read-only session is never committed, only
+        rolled back.
         """
         return _wrap_view(view, _mark_read_only)
 
@@ -401,12 +412,10 @@ class SessionScope:
         factory = state.sessionmaker
         if not scope.read_only:
             return factory()
-        session = _guards.new_read_only_session(state.read_only_class, factory)
-        if reads_faster_in_autocommit(factory.kw.get("bind")):
-            # Each statement its own transaction: no BEGIN, no ROLLBACK. The
-            # pool restores the normal mode when the connection goes back.
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        return session
+        # factory.kw is read now, not at init_app: under the pytest plugin's
+        # db_isolation it binds to the test's connection, which then stays.
+        options = _connection_state.read_only_session_options(factory.kw, state.read_only_engines)
+        return _guards.new_read_only_session(state.read_only_class, options)
 
     def _shell_context(self) -> dict[str, Any]:
         return {**mapped_classes(), "db": self}

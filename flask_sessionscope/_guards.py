@@ -10,9 +10,10 @@ that becomes read-only after it was opened gets them on the instance.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
-from sqlalchemy import TextClause, event
+from sqlalchemy import TextClause, TextualSelect, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
 
 from ._errors import ReadOnlySessionError
@@ -34,16 +35,17 @@ def read_only_class(factory: sessionmaker[Session]) -> type[Session]:
     """A subclass of ``factory``'s session class whose instances refuse writes
     from the start (they still need :func:`mark_read_only`'s flag, which
     :func:`new_read_only_session` sets)."""
-    cls: type[Session] = type("ReadOnlySession", (factory.class_,), {})
+    # The bulk methods write without a flush and without do_orm_execute.
+    refusals = {name: _refuse_bulk for name in _BULK_METHODS}
+    cls: type[Session] = type("ReadOnlySession", (factory.class_,), refusals)
     event.listen(cls, "before_flush", _refuse_flush)
     event.listen(cls, "do_orm_execute", _refuse_dml)
     return cls
 
 
-def new_read_only_session(cls: type[Session], factory: sessionmaker[Session]) -> Session:
-    """A session of the read-only class ``cls``, configured like ``factory``'s
-    (read at call time, so a test fixture's rebinding applies)."""
-    session = cls(**factory.kw)
+def new_read_only_session(cls: type[Session], options: Mapping[str, Any]) -> Session:
+    """A session of the read-only class ``cls`` made with sessionmaker ``options``."""
+    session = cls(**options)
     session.info[READ_ONLY] = True
     return session
 
@@ -72,10 +74,24 @@ def _refuse_flush(session: Session, flush_context: UOWTransaction, instances: An
         )
 
 
+_BULK_METHODS = ("bulk_save_objects", "bulk_insert_mappings", "bulk_update_mappings")
+
+
+def _refuse_bulk(session: Session, *args: Any, **kwargs: Any) -> NoReturn:
+    raise ReadOnlySessionError("this session is read-only (@read_only view) and refuses bulk writes")
+
+
 def _refuse_dml(state: ORMExecuteState) -> None:
-    if state.session.info.get(READ_ONLY) and (
-        state.is_insert or state.is_update or state.is_delete or _is_textual_write(state.statement)
-    ):
+    """Let through only SELECTs and textual SQL that reads: INSERT, UPDATE,
+    DELETE, DDL and any other kind of statement are refused."""
+    if not state.session.info.get(READ_ONLY):
+        return
+    statement = state.statement
+    if state.is_select:
+        if not isinstance(statement, TextualSelect):
+            return
+        statement = statement.element  # text("...").columns(...)
+    if not isinstance(statement, TextClause) or _is_textual_write(statement):
         raise ReadOnlySessionError(
             "this session is read-only (@read_only view) and refuses INSERT, UPDATE, DELETE and other writes"
         )
@@ -85,9 +101,50 @@ _READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "EXPLAIN", "VALUES", "T
 # "INTO" catches SELECT ... INTO; a ";" followed by more SQL, a second statement.
 _WRITING_WORDS = re.compile(
     r"\b(INSERT|(?<!FOR )UPDATE|DELETE|MERGE|REPLACE|CREATE|DROP|ALTER|TRUNCATE|INTO|GRANT|CALL|DO|COPY|LOCK)\b"
-    r"|;\s*\S",
+    r"|;\s*\S|:=|set_config|advisory_lock|get_lock",
     re.IGNORECASE,
 )
+# What a read-only engine's connection may be sent, judged on the SQL the
+# driver gets: a read (or a savepoint command SQLAlchemy sends itself), alone,
+# that neither changes a setting (set_config, which could also turn the
+# read-only mode off), nor takes a lock held past the statement (advisory
+# locks, GET_LOCK), nor assigns a user variable (:=, INTO @var). The server
+# itself refuses every write; this keeps the connection as clean as it came.
+_READING_START = re.compile(
+    r"\s*\(*\s*(?:select|with|show|explain|values|table|describe|desc|savepoint|release|rollback)\b"
+)
+_INTO_OR_SECOND_STATEMENT = re.compile(r"\binto\b|;\s*\S")
+_STATE_CHANGING_WORDS = ("set_config", "advisory_lock", "get_lock", ":=")
+#: Verdicts by SQL string. SQLAlchemy hands the driver the same string object
+#: each time a cached statement runs, so a lookup costs a cached hash; the
+#: size bound keeps statements with inlined values from growing it for ever.
+_verdicts: dict[str, bool] = {}
+_MAX_VERDICTS = 1000
+
+
+def refuse_state_changing_sql(statement: str) -> None:
+    """Raise :class:`ReadOnlySessionError` for SQL a read-only connection
+    must not run (see ``_READING_START`` and what follows it)."""
+    refused = _verdicts.get(statement)
+    if refused is None:
+        refused = _changes_state(statement)
+        if len(_verdicts) >= _MAX_VERDICTS:
+            _verdicts.clear()
+        _verdicts[statement] = refused
+    if refused:
+        raise ReadOnlySessionError(
+            "this session is read-only (@read_only view) and refuses statements that write"
+            " or change the connection's settings or locks"
+        )
+
+
+def _changes_state(statement: str) -> bool:
+    lowered = statement.lower()
+    if _READING_START.match(lowered) is None:
+        return True
+    if (";" in lowered or "into" in lowered) and _INTO_OR_SECOND_STATEMENT.search(lowered):
+        return True
+    return any(word in lowered for word in _STATE_CHANGING_WORDS)
 
 
 def _is_textual_write(statement: Any) -> bool:

@@ -30,6 +30,7 @@ SESSION_OPTIONS_KEY = "SESSIONSCOPE_SESSION_OPTIONS"
 AUTOCOMMIT_KEY = "SESSIONSCOPE_AUTOCOMMIT"
 COMMIT_RULE_KEY = "SESSIONSCOPE_COMMIT_RULE"
 READ_ONLY_SAFE_METHODS_KEY = "SESSIONSCOPE_READ_ONLY_SAFE_METHODS"
+RESET_SESSION_STATE_KEY = "SESSIONSCOPE_RESET_SESSION_STATE"
 
 #: Flask-SQLAlchemy's names, read when ours are absent so an app can move over
 #: without touching its configuration.
@@ -71,6 +72,8 @@ class Settings:
     autocommit: bool
     commit_rule: CommitRule
     read_only_safe_methods: bool = False
+    #: Clear writable connections' session state when they return to the pool.
+    reset_session_state: bool = False
 
 
 def _lookup(config: Mapping[str, Any], key: str) -> tuple[str, Any]:
@@ -186,7 +189,26 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
             f"{COMMIT_RULE_KEY} must be a callable that takes the response and"
             f" returns True to commit, not {type(commit_rule).__name__}"
         )
-    return Settings(engines, session_options, autocommit, commit_rule, read_only_safe_methods)
+    reset_session_state = _flag(config, RESET_SESSION_STATE_KEY, False)
+    if reset_session_state:
+        _check_resettable(engines)
+    return Settings(
+        engines, session_options, autocommit, commit_rule, read_only_safe_methods, reset_session_state
+    )
+
+
+#: Drivers whose connections the reset of RESET_SESSION_STATE_KEY knows how
+#: to clear in one round trip.
+_RESETTABLE = frozenset({("postgresql", "psycopg"), ("postgresql", "psycopg2")})
+
+
+def _check_resettable(engines: Mapping[str | None, EngineSpec]) -> None:
+    for spec in engines.values():
+        if (spec.url.get_backend_name(), spec.url.get_driver_name()) not in _RESETTABLE:
+            raise ConfigurationError(
+                f"{RESET_SESSION_STATE_KEY} is supported on PostgreSQL with psycopg or"
+                f" psycopg2 only; {spec.source} uses {spec.url.drivername!r}"
+            )
 
 
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -242,17 +264,3 @@ def _engine_named(engines: Mapping[str | None, Engine], name: str) -> Engine:
             f" {BINDS_KEY} does not define (defined: {known})"
         )
     return engines[name]
-
-
-#: Backends whose drivers run each statement in its own transaction when the
-#: connection is in AUTOCOMMIT mode, saving BEGIN and ROLLBACK round trips.
-#: SQLite is left out: it has no round trips to save, and an in-memory
-#: database shares one connection that must not change mode under others.
-_AUTOCOMMIT_BACKENDS = frozenset({"postgresql", "mysql", "mariadb", "mssql", "oracle"})
-
-
-def reads_faster_in_autocommit(bind: object) -> bool:
-    """Whether read-only sessions bound to ``bind`` should run on an AUTOCOMMIT
-    connection: only for an Engine of a backend that saves round trips by it,
-    not for a Connection (a test fixture's, already inside a transaction)."""
-    return isinstance(bind, Engine) and bind.url.get_backend_name() in _AUTOCOMMIT_BACKENDS

@@ -197,6 +197,10 @@ def make_app(database_url: URL, tmp_path: Any) -> Iterator[AppFactory]:
             Base.metadata.drop_all(db.engine)
             for engine in db.engines.values():
                 engine.dispose()
+        # Read-only sessions' engines are not public; close their pools too,
+        # rather than leave idle connections to the garbage collector.
+        for engine in db._state(app).read_only_engines.values():
+            engine.dispose()
 
 
 def _engine_of(app: Flask, db: SessionScope) -> Engine:

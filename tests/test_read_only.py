@@ -5,11 +5,17 @@ normal transactional mode."""
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from flask import Flask, g
+from sqlalchemy.engine import URL, Engine, make_url
+
+from flask_sessionscope import SessionScope
 
 from .conftest import AppFactory, Item, stored_keys
 
@@ -137,22 +143,62 @@ def test_safe_methods_option_leaves_contexts_outside_dispatch_writable(
     assert stored_keys(observer) == ["arranged"]
 
 
-def test_read_only_session_is_rolled_back_not_committed(
+def test_write_sent_on_the_raw_connection_is_refused_or_rolled_back(
     make_app: AppFactory, observer: Engine, backend: str
 ) -> None:
-    """A write sent on the raw connection escapes the guard (documented). On
-    SQLite (no AUTOCOMMIT fast path) the end-of-request rollback still drops
-    it; on the servers' AUTOCOMMIT connections it is stored at once."""
+    """SQL sent on ``session.connection()`` escapes the session's checks. On
+    the servers the connection is read-only, so the server refuses the write
+    (it used to be stored at once); on SQLite the end-of-request rollback
+    drops it."""
     app, db = make_app()
 
     @app.post("/sneaky")
     @db.read_only
     def sneaky() -> str:
-        db.session.connection().execute(sa.insert(Item).values(key="sneaky"))
+        try:
+            db.session.connection().execute(sa.insert(Item).values(key="sneaky"))
+        except Exception:
+            return "refused"
         return "ok"
 
     assert app.test_client().post("/sneaky").status_code == 200
-    assert stored_keys(observer) == ([] if backend == "sqlite" else ["sneaky"])
+    assert stored_keys(observer) == []
+
+
+#: Per server: a statement that switches the connection back to read-write.
+SWITCH_BACK = {
+    "postgresql": "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "mariadb": "SET SESSION tx_read_only = 0",
+}
+
+
+def test_read_only_view_cannot_switch_its_connection_back_to_read_write(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    backend = server_backend
+    app, db = make_app(SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0})
+
+    @app.post("/switch")
+    @db.read_only
+    def switch() -> dict[str, bool]:
+        connection = db.session.connection()
+        outcome = {}
+        for name, run in [
+            ("switched", lambda: connection.exec_driver_sql(SWITCH_BACK[backend])),
+            ("switched_by_text", lambda: db.session.execute(sa.text(SWITCH_BACK[backend]))),
+            ("wrote", lambda: connection.execute(sa.insert(Item).values(key="after-switch"))),
+        ]:
+            try:
+                run()
+                outcome[name] = True
+            except Exception:
+                outcome[name] = False
+        return outcome
+
+    client = app.test_client()
+    for _ in range(2):  # the second request gets the first one's connection
+        assert client.post("/switch").json == {"switched": False, "switched_by_text": False, "wrote": False}
+    assert stored_keys(observer) == []
 
 
 def test_safe_methods_option_covers_sessions_opened_before_before_request(
@@ -171,3 +217,157 @@ def test_safe_methods_option_covers_sessions_opened_before_before_request(
 
     assert app.test_client().get("/items/a").status_code == 500
     assert stored_keys(observer) == []
+
+
+def _bulk_save(session: sa.orm.Session, key: str) -> None:
+    session.bulk_save_objects([Item(key="bulk")])
+
+
+def _bulk_insert(session: sa.orm.Session, key: str) -> None:
+    session.bulk_insert_mappings(Item, [{"key": "bulk"}])  # type: ignore[arg-type]
+
+
+def _textual_select_that_inserts(session: sa.orm.Session, key: str) -> None:
+    insert = sa.text(f"INSERT INTO items (id, {key}) VALUES (9, 'text') RETURNING id")
+    session.execute(insert.columns(Item.id)).all()
+
+
+def _ddl(session: sa.orm.Session, key: str) -> None:
+    session.execute(sa.DDL("CREATE TABLE made_by_a_read (id INTEGER)"))
+
+
+def _second_statement_in_a_select(session: sa.orm.Session, key: str) -> None:
+    fragment = sa.text(f"items; INSERT INTO items (id, {key}) VALUES (9, 'fragment')")
+    session.execute(sa.select(sa.literal_column("1")).select_from(fragment)).all()
+
+
+def _writing_cte(session: sa.orm.Session, key: str) -> None:
+    written = sa.insert(Item).values(key="cte").returning(Item.id).cte("written")
+    session.execute(sa.select(written.c.id)).all()
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        _bulk_save,
+        _bulk_insert,
+        _textual_select_that_inserts,
+        _ddl,
+        _second_statement_in_a_select,
+        _writing_cte,
+    ],
+)
+def test_read_only_view_refuses_writes_that_bypass_the_orm_checks(
+    make_app: AppFactory, observer: Engine, backend: str, write: Callable[[sa.orm.Session, str], None]
+) -> None:
+    """Issue 11, item 4: each of these used to be stored at once on the
+    servers' autocommit connections, although the view failed."""
+    if write is _writing_cte and backend != "postgresql":
+        pytest.skip("a data-modifying CTE inside a SELECT is PostgreSQL syntax")
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.post("/try")
+    @db.read_only
+    def attempt() -> str:
+        write(db.session, "`key`" if backend == "mariadb" else '"key"')
+        return "ok"
+
+    assert app.test_client().post("/try").status_code == 500
+    assert stored_keys(observer) == []
+    assert not sa.inspect(observer).has_table("made_by_a_read")
+
+
+def _unreachable(database_url: URL, backend: str, tmp_path: Path) -> URL:
+    """The same database, on a server that is not there."""
+    if backend == "sqlite":
+        return make_url(f"sqlite:///{tmp_path / 'missing-directory' / 'test.db'}")
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return database_url.set(host="127.0.0.1", port=port)
+
+
+def test_read_only_session_touched_without_sql_needs_no_database(
+    database_url: URL, backend: str, tmp_path: Path
+) -> None:
+    """Issue 11, item 9: a repository built in before_request touches
+    db.session; a cached answer that runs no SQL must not need the database
+    (it used to check a connection out at once, and answer 503 when the
+    database was down)."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SESSIONSCOPE_DATABASE_URL=_unreachable(database_url, backend, tmp_path),
+        SESSIONSCOPE_READ_ONLY_SAFE_METHODS=True,
+    )
+    db = SessionScope(app)
+
+    @app.before_request
+    def build_repository() -> None:
+        g.repository = db.session
+
+    @app.get("/cached")
+    def cached() -> str:
+        return "from the cache"
+
+    @app.get("/fresh")
+    @db.read_only
+    def fresh() -> list[str]:
+        return list(g.repository.scalars(sa.select(Item.key)))
+
+    client = app.test_client()
+    try:
+        assert client.get("/cached").status_code == 200
+        assert client.get("/fresh").status_code >= 500  # the database really is down
+    finally:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+def test_begin_nested_works_in_a_read_only_view(make_app: AppFactory, observer: Engine) -> None:
+    app, db = make_app()
+    with observer.begin() as connection:
+        connection.execute(sa.insert(Item).values(key="a"))
+
+    @app.get("/nested")
+    @db.read_only
+    def nested() -> dict[str, list[str]]:
+        with db.session.begin_nested():
+            first = list(db.session.scalars(sa.select(Item.key)))
+        try:
+            with db.session.begin_nested():
+                db.session.execute(sa.text("SELECT no_such_column FROM items"))
+        except sa.exc.DBAPIError:
+            pass  # the savepoint's failure is the block's; the session reads on
+        return {"first": first, "then": list(db.session.scalars(sa.select(Item.key)))}
+
+    assert app.test_client().get("/nested").json == {"first": ["a"], "then": ["a"]}
+
+
+def test_read_only_view_sends_mariadb_no_more_commands_than_a_normal_read(
+    make_app: AppFactory, server_backend: str
+) -> None:
+    """Issue 11, item 4: counted by the server itself (its per-connection
+    'Questions' counter, read on the request's own connection)."""
+    if server_backend != "mariadb":
+        pytest.skip("counts MariaDB's commands")
+    app, db = make_app(SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0})
+    questions = sa.text("SHOW SESSION STATUS LIKE 'Questions'")
+
+    @app.get("/read-only")
+    @db.read_only
+    def read_only() -> dict[str, int]:
+        return {"questions": int(db.session.execute(questions).one()[1])}
+
+    @app.get("/normal")
+    def normal() -> dict[str, int]:
+        return {"questions": int(db.session.execute(questions).one()[1])}
+
+    client = app.test_client()
+
+    def commands_per_request(path: str) -> int:
+        counts = [client.get(path).json["questions"] for _ in range(3)]
+        return counts[2] - counts[1]
+
+    read_only_commands, normal_commands = commands_per_request("/read-only"), commands_per_request("/normal")
+    assert read_only_commands <= normal_commands, (read_only_commands, normal_commands)
