@@ -188,6 +188,7 @@ class SessionScope:
         app.extensions[EXTENSION_KEY] = self
 
         _end_sessions_with_requests(app)
+        _flask_internals.give_requests_fresh_contexts_in_tests(app)
         got_request_exception.connect(_end_failed_request, app, weak=False)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:

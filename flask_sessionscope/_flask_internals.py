@@ -13,8 +13,9 @@ module and never looks at Flask's private names itself.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -22,7 +23,12 @@ import flask.globals
 from flask import Flask, Response
 from flask.ctx import AppContext
 from flask.globals import _cv_app
+from flask.testing import FlaskClient
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 if TYPE_CHECKING:
     from flask.ctx import RequestContext  # deprecated alias of AppContext on Flask 3.2
@@ -203,3 +209,57 @@ def process_response(ctx: Context, response: Response) -> Response:
     if CONTEXT_FIRST:
         return ctx.app.process_response(ctx, response)  # type: ignore[call-arg, arg-type]
     return ctx.app.process_response(response)
+
+
+def _forget_contexts() -> None:
+    """In the current contextvars context, show Flask no active context."""
+    _cv_app.set(None)  # type: ignore[arg-type]
+    if _cv_request is not None:
+        _cv_request.set(None)  # type: ignore[arg-type]
+
+
+class _RunIn:
+    """An app's response body, produced and closed in ``context``, where
+    the request ran (its contexts were pushed there and must be popped there)."""
+
+    def __init__(self, context: contextvars.Context, body: Iterable[bytes]) -> None:
+        self._context = context
+        self._body = iter(body)
+        self._close = getattr(body, "close", None)
+
+    def __iter__(self) -> _RunIn:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._context.run(next, self._body)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._context.run(self._close)
+
+
+class FreshContextClient(FlaskClient):
+    """The test client of apps on Flask before 3.2: each request gets an app
+    context, and a ``g``, of its own, as in production and on Flask 3.2,
+    even while a test has an app or request context pushed (pytest-flask
+    pushes one per test, unittest suites in ``setUp``). Without it those
+    requests share the test's ``g``, and whatever a request cached there
+    (Flask-Login's user) reaches the next one, bound to a closed session."""
+
+    def run_wsgi_app(
+        self, environ: WSGIEnvironment, buffered: bool = False
+    ) -> tuple[Iterable[bytes], str, Headers]:
+        if _cv_app.get(None) is None:
+            return super().run_wsgi_app(environ, buffered)
+        context = contextvars.copy_context()
+        context.run(_forget_contexts)
+        body, status, headers = context.run(super().run_wsgi_app, environ, buffered)
+        return _RunIn(context, body), status, headers
+
+
+def give_requests_fresh_contexts_in_tests(app: Flask) -> None:
+    """On Flask before 3.2, make ``app.test_client()`` give each request a
+    fresh app context (see :class:`FreshContextClient`), unless the app
+    chose a test client class of its own. Flask 3.2 does so itself."""
+    if _cv_request is not None and app.test_client_class is None:
+        app.test_client_class = FreshContextClient
