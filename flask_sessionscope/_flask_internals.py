@@ -166,34 +166,31 @@ def _context_argument(args: tuple[Any, ...]) -> AppContext | None:
 def wrap_do_teardown_request(app: Flask, on_error: TeardownErrorHook) -> None:
     """Make ``app.do_teardown_request`` hand an error of the app's teardown
     functions to ``on_error(ctx, error)``, which raises it or not."""
-    do_teardown_request: Callable[..., None] = app.do_teardown_request
-
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            do_teardown_request(*args, **kwargs)
-        except Exception as error:
-            on_error(_context_argument(args), error)
-
-    app.do_teardown_request = wrapper  # type: ignore[method-assign]
+    _wrap_teardown(app, "do_teardown_request", on_error, None)
 
 
 def wrap_do_teardown_appcontext(app: Flask, after: TeardownHook, on_error: TeardownErrorHook) -> None:
     """Make ``app.do_teardown_appcontext`` call ``after(app_ctx)`` once the
     app's own teardown functions have run, and hand an error of theirs to
-    ``on_error(app_ctx, error)`` first, which raises it or not. Arguments
-    pass through unchanged, so every signature the installed Flask accepts
-    still works."""
-    do_teardown_appcontext: Callable[..., None] = app.do_teardown_appcontext
+    ``on_error(app_ctx, error)`` first, which raises it or not."""
+    _wrap_teardown(app, "do_teardown_appcontext", on_error, after)
+
+
+def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: TeardownHook | None) -> None:
+    """Wrap the teardown method ``name`` of ``app``. Arguments pass through
+    unchanged, so every signature the installed Flask accepts still works."""
+    teardown: Callable[..., None] = getattr(app, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            do_teardown_appcontext(*args, **kwargs)
+            teardown(*args, **kwargs)
         except Exception as error:
             on_error(_context_argument(args), error)
         finally:
-            after(_context_argument(args))
+            if after is not None:
+                after(_context_argument(args))
 
-    app.do_teardown_appcontext = wrapper  # type: ignore[method-assign]
+    setattr(app, name, wrapper)
 
 
 def handle_http_exception(ctx: Context, error: HTTPException) -> Any:
