@@ -186,7 +186,7 @@ def close_scope(scope: ContextScope) -> None:
     request commit; whatever it changed then was never committed, and the
     developer is told so rather than left to find rows missing.
     """
-    for session in (scope.transaction, scope.session):
+    for session in (*scope.transactions, scope.session):
         if session is None:
             continue
         if scope.committed and has_unsaved_writes(session):
@@ -196,4 +196,5 @@ def close_scope(scope: ContextScope) -> None:
                 " explicitly or use db.transaction()"
             )
         close_quietly(session)
-    scope.session = scope.transaction = None
+    scope.session = None
+    scope.transactions = ()
