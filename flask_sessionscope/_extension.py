@@ -43,6 +43,7 @@ from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
+from ._partial_commits import note_commits
 from ._processes import fork_generation, track
 from ._schema import ALL_BINDS, MetadataArgument, MetadataByBind, metadata_by_bind, selected_binds
 from ._scope import (
@@ -185,6 +186,7 @@ class SessionScope:
         except TypeError as error:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
+        note_commits(factory, engines)
         self._states[app] = _AppState(
             engines,
             factory,
