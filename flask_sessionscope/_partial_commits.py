@@ -39,7 +39,7 @@ def note_commits(factory: sessionmaker[Session], engines: dict[str | None, Engin
         return
     event.listen(factory, "before_commit", _start_noting)
     for name, engine in engines.items():
-        note = _noting(name)
+        note = _noting(name, len(engines))
         event.listen(engine, "commit", note)
         event.listen(engine, "commit_twophase", note)
 
@@ -50,10 +50,13 @@ def _start_noting(session: Session) -> None:
     _started.set(started)
 
 
-def _noting(name: str | None) -> Callable[..., None]:
+def _noting(name: str | None, engine_count: int) -> Callable[..., None]:
     def note(conn: Connection, *args: Any) -> None:
         started = _started.get()
-        if started is not None:
+        # One COMMIT per engine at most in a session's commit; the bound keeps
+        # the list of an earlier commit from growing with later COMMITs sent
+        # outside a session (``engine.begin()`` in a loop).
+        if started is not None and len(started) < engine_count:
             started.append(name)
 
     return note
