@@ -68,9 +68,9 @@ def commit_or_discard(session: Session) -> None:
     connection lost during the COMMIT after it is different, since the
     server may have applied it: that case is raised as
     :class:`CommitInterrupted`. A COMMIT that fails after another bind's
-    succeeded is raised as :class:`CommitPartlyApplied`. A transaction the server has already
-    aborted (after an error the app caught) is not committed but raised as
-    :class:`TransactionAbortedError`.
+    succeeded is raised as :class:`CommitPartlyApplied`. A transaction the
+    server has already aborted (after an error the app caught) is not
+    committed but raised as :class:`TransactionAbortedError`.
     """
     try:
         if is_read_only(session):
