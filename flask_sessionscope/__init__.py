@@ -4,12 +4,19 @@ failed, and always closed."""
 
 from __future__ import annotations
 
-from ._errors import ConfigurationError, ReadOnlySessionError, SessionScopeError, TransactionAbortedError
+from ._errors import (
+    CommitPartlyApplied,
+    ConfigurationError,
+    ReadOnlySessionError,
+    SessionScopeError,
+    TransactionAbortedError,
+)
 from ._extension import SessionScope
 from ._pagination import Pagination
 from ._settings import default_commit_rule
 
 __all__ = [
+    "CommitPartlyApplied",
     "ConfigurationError",
     "Pagination",
     "ReadOnlySessionError",

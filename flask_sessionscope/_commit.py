@@ -15,6 +15,7 @@ from ._aborted import aborted_reason
 from ._errors import TransactionAbortedError
 from ._failures import CommitInterrupted
 from ._guards import FLUSHED, forget_writes, has_unsaved_writes, is_read_only
+from ._partial_commits import partly_applied
 from ._scope import ContextScope
 from ._settings import CommitRule
 from ._sqlalchemy_internals import transaction_connections
@@ -66,9 +67,10 @@ def commit_or_discard(session: Session) -> None:
     constraint, a lost connection) certainly left nothing committed; a
     connection lost during the COMMIT after it is different, since the
     server may have applied it: that case is raised as
-    :class:`CommitInterrupted`. A transaction the server has already
-    aborted (after an error the app caught) is not committed but raised as
-    :class:`TransactionAbortedError`.
+    :class:`CommitInterrupted`. A COMMIT that fails after another bind's
+    succeeded is raised as :class:`CommitPartlyApplied`. A transaction the
+    server has already aborted (after an error the app caught) is not
+    committed but raised as :class:`TransactionAbortedError`.
     """
     try:
         if is_read_only(session):
@@ -88,6 +90,11 @@ def commit_or_discard(session: Session) -> None:
         try:
             session.commit()
         except DBAPIError as error:
+            _end_driver_transactions(session)
+            partly = partly_applied(session, error)
+            if partly is not None:
+                logger.error("%s", partly)
+                raise partly from error
             in_flush = to_flush and not session.info.get(FLUSHED)
             if error.connection_invalidated and not in_flush:
                 raise CommitInterrupted("connection lost during COMMIT") from error
@@ -95,6 +102,30 @@ def commit_or_discard(session: Session) -> None:
     except BaseException:
         close_quietly(session)
         raise
+
+
+def _end_driver_transactions(session: Session) -> None:
+    """After a failed COMMIT, roll back what the driver still holds open.
+
+    SQLAlchemy takes a transaction whose COMMIT raised for ended and returns
+    its connection to the pool without a rollback. A server ends such a
+    transaction itself, but SQLite keeps it open, with its lock on the
+    file, when the COMMIT could not get the write lock ("database is
+    locked"): the connection would go back to the pool in the middle of a
+    transaction, and its lock would block every other connection.
+    """
+    for connection in transaction_connections(session):
+        if connection.invalidated or connection.dialect.driver != "pysqlite":
+            continue
+        if connection.in_transaction():
+            continue  # still SQLAlchemy's to end (an outer transaction, as under the pytest plugin)
+        dbapi_connection = connection.connection.dbapi_connection
+        try:
+            if getattr(dbapi_connection, "in_transaction", False):
+                dbapi_connection.rollback()  # type: ignore[union-attr]
+        except Exception:
+            logger.exception("rolling back after a failed COMMIT failed; the connection is discarded")
+            connection.invalidate()
 
 
 def _driver_began_transaction(session: Session) -> bool:
@@ -186,7 +217,7 @@ def close_scope(scope: ContextScope) -> None:
     request commit; whatever it changed then was never committed, and the
     developer is told so rather than left to find rows missing.
     """
-    for session in (scope.transaction, scope.session):
+    for session in (*scope.transactions, scope.session):
         if session is None:
             continue
         if scope.committed and has_unsaved_writes(session):
@@ -196,4 +227,5 @@ def close_scope(scope: ContextScope) -> None:
                 " explicitly or use db.transaction()"
             )
         close_quietly(session)
-    scope.session = scope.transaction = None
+    scope.session = None
+    scope.transactions = ()

@@ -34,3 +34,29 @@ class TransactionAbortedError(SessionScopeError):
     request fail (a 500); in a ``db.transaction()`` block it is raised out
     of the block. The message names the error that was caught.
     """
+
+
+class CommitPartlyApplied(SessionScopeError):
+    """A commit across several databases (binds) failed after at least one
+    of them had committed: those keep the writes, the others do not.
+
+    Sending the request again would store the committed part twice, so this
+    is never answered as a retryable 503: at the end of a request it makes
+    the request fail with a 500 (raised out of a ``db.transaction()``
+    block), and it is logged at ERROR as "commit partly applied", naming
+    the binds that committed.
+    """
+
+    def __init__(self, committed: list[str | None], failed: str | None, reason: str) -> None:
+        self.committed = committed
+        self.failed = failed
+        super().__init__(
+            f"commit partly applied: committed on {', '.join(map(describe_bind, committed))};"
+            f" then the COMMIT on {describe_bind(failed)} failed ({reason}), so what the"
+            " session wrote there is not stored (or, if its connection was lost, unknown)"
+        )
+
+
+def describe_bind(name: str | None) -> str:
+    """How messages name a bind; None is the default engine."""
+    return "the default engine" if name is None else f"bind {name!r}"

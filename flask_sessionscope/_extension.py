@@ -22,6 +22,14 @@ from werkzeug.exceptions import InternalServerError
 
 from . import _connection_state, _flask_internals, _guards
 from ._aborted import watch as watch_for_aborted_transactions
+from ._blocks import (
+    ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE,
+    Block,
+    current_block,
+    has_open_nested_block,
+)
+from ._blocks import enter as enter_block
+from ._blocks import leave as leave_block
 from ._commit import (
     begin_before_savepoint,
     close_after_body,
@@ -35,7 +43,8 @@ from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
-from ._processes import track
+from ._partial_commits import note_commits
+from ._processes import fork_generation, track
 from ._schema import ALL_BINDS, MetadataArgument, MetadataByBind, metadata_by_bind, selected_binds
 from ._scope import (
     OPEN_SCOPES_ATTRIBUTE,
@@ -177,6 +186,7 @@ class SessionScope:
         except TypeError as error:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
+        note_commits(factory, engines)
         self._states[app] = _AppState(
             engines,
             factory,
@@ -244,31 +254,45 @@ class SessionScope:
 
         While the block runs, :attr:`session` is this session, so code that
         uses ``db.session`` takes part. A nested ``transaction()`` becomes a
-        SAVEPOINT of the outer one. The outcome is independent of the
-        request's: the block commits even if the request later fails. The
-        block ends the transaction: do not call ``commit()`` or
-        ``rollback()`` on its session yourself.
+        SAVEPOINT of the outer one. Blocks run side by side in asyncio tasks
+        (``asyncio.gather``) each have their own session and outcome. The
+        outcome is independent of the request's: the block commits even if
+        the request later fails. The block ends the transaction: do not call
+        ``commit()`` or ``rollback()`` on its session yourself.
         """
         ctx = current_context()
         scope = ensure_scope(ctx)
-        if scope.transaction is not None:
-            if _guards.is_read_only(scope.transaction):
-                # It writes nothing and may be in autocommit mode, where a
-                # SAVEPOINT is an error: there is nothing to nest.
-                yield scope.transaction
-                return
-            begin_before_savepoint(scope.transaction)
-            with scope.transaction.begin_nested():
-                yield scope.transaction
-            return
+        scope.current_session()  # a forked child drops its parent's sessions here
+        parent = current_block(scope)
+        if parent is None:
+            with self._outermost_block(ctx, scope) as session:
+                yield session
+        elif _guards.is_read_only(parent.session):
+            # It writes nothing and may be in autocommit mode, where a
+            # SAVEPOINT is an error: there is nothing to nest.
+            yield parent.session
+        else:
+            with _nested_block(parent) as session:
+                yield session
+
+    @contextmanager
+    def _outermost_block(self, ctx: Context, scope: ContextScope) -> Iterator[Session]:
         session = self._new_session(ctx, scope)
-        scope.transaction = session
+        block = Block(scope, session)
+        scope.transactions = (*scope.transactions, session)
+        token = enter_block(block)
         try:
             yield session
+            if block.generation != fork_generation():
+                return  # a forked child leaving its parent's block: the parent ends it
+            if has_open_nested_block(block):
+                raise RuntimeError(ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE)
             commit_or_discard(session)
         finally:
-            scope.transaction = None
-            close_quietly(session)
+            leave_block(block, token)
+            if block.generation == fork_generation():
+                scope.transactions = tuple(other for other in scope.transactions if other is not session)
+                close_quietly(session)
 
     def manual_commit(self, view: View) -> View:
         """View decorator: the request is never committed for this view; it
@@ -591,7 +615,7 @@ def _end_app_context(app_ctx: AppContext | None) -> None:
 def _mark_read_only(scope: ContextScope) -> None:
     """Make the context's sessions, open and future, read-only."""
     scope.read_only = True
-    for session in (scope.session, scope.transaction):
+    for session in (scope.session, *scope.transactions):
         if session is not None:
             _guards.mark_read_only(session)
 
@@ -600,6 +624,27 @@ def _read_only_if_safe_method() -> None:
     """before_request: treat GET, HEAD and OPTIONS views as ``@read_only``."""
     if request.method in _SAFE_METHODS:
         _mark_read_only(ensure_scope(current_context()))
+
+
+@contextmanager
+def _nested_block(parent: Block) -> Iterator[Session]:
+    """A block nested in ``parent``: a SAVEPOINT of its transaction."""
+    session = parent.session
+    block = Block(parent.scope, session, parent)
+    token = enter_block(block)
+    try:
+        begin_before_savepoint(session)
+        savepoint = session.begin_nested()
+        try:
+            yield session
+        except BaseException:
+            if block.is_current():
+                savepoint.rollback()
+            raise
+        if block.is_current():  # else the outer block has ended, and rolled back
+            savepoint.commit()
+    finally:
+        leave_block(block, token)
 
 
 def _wrap_view(view: View, mark: Callable[[ContextScope], None]) -> View:

@@ -21,6 +21,7 @@ from flask.ctx import AppContext
 from sqlalchemy.orm import Session
 
 from . import _flask_internals
+from ._blocks import current_block
 from ._flask_internals import Context
 from ._processes import abandon, fork_generation
 
@@ -56,14 +57,15 @@ class ContextScope:
         "rollback_only",
         "session",
         "streaming",
-        "transaction",
+        "transactions",
     )
 
     def __init__(self) -> None:
         #: The context's lazily created session (``db.session``).
         self.session: Session | None = None
-        #: The session of the outermost open ``db.transaction()`` block.
-        self.transaction: Session | None = None
+        #: The sessions of the open outermost ``db.transaction()`` blocks
+        #: (several when asyncio tasks each run one; see :mod:`._blocks`).
+        self.transactions: tuple[Session, ...] = ()
         #: False under ``@manual_commit``: the request is never committed for the view.
         self.autocommit = True
         #: Set by ``set_rollback_only()``: roll back whatever the status.
@@ -86,20 +88,27 @@ class ContextScope:
 
     def is_open(self) -> bool:
         """Whether the context still has a session to close."""
-        return self.session is not None or self.transaction is not None
+        return self.session is not None or bool(self.transactions)
 
     def current_session(self) -> Session | None:
-        """The session ``db.session`` means right now, if it exists yet.
+        """The session ``db.session`` means right now, if it exists yet: that
+        of the current task's innermost ``db.transaction()`` block, else the
+        context's own.
 
         In a child forked while the context was active, the parent's sessions
         are abandoned (their connections are the parent's) and None is
         returned, so the child opens its own.
         """
         if self.generation != fork_generation():
-            abandon(self.session, self.transaction)
-            self.session = self.transaction = None
+            abandon(self.session, *self.transactions)
+            self.session = None
+            self.transactions = ()
             self.generation = fork_generation()
-        return self.transaction or self.session
+        if self.transactions:
+            block = current_block(self)
+            if block is not None:
+                return block.session
+        return self.session
 
 
 def current_context() -> Context:
