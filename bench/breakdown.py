@@ -15,7 +15,10 @@ extension does on every request:
   both; the pattern with a no-op engine-level ``savepoint`` listener (any
   Connection-level listener puts every statement of the engine on
   SQLAlchemy's event-dispatching path, which is why the extension has
-  none); and the extension;
+  none); the pattern with the dialect-level ``do_execute`` listener the
+  extension puts on MySQL/MariaDB engines only, to warn about statements
+  that commit implicitly (measured here on the backend at hand, since the
+  listener's cost is Python's, not the server's); and the extension;
 - read by key on PostgreSQL, read-only: the hand-written pattern in a
   transaction, then on AUTOCOMMIT connections (a dedicated engine, or a
   normal engine's connections switched at checkout as the extension's
@@ -52,7 +55,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import EnvironBuilder
 
-from flask_sessionscope import _guards
+from flask_sessionscope import _guards, _implicit_commits
 
 
 def hand_written(
@@ -62,6 +65,7 @@ def hand_written(
     guards: bool = False,
     autocommit: str = "",
     engine_listener: bool = False,
+    implicit_commit_watch: bool = False,
 ) -> Flask:
     """The hand-written pattern, plus what the extension does on top of it.
 
@@ -86,6 +90,10 @@ def hand_written(
         # Any Connection-level listener on the engine (here one that does
         # nothing) sends every statement through SQLAlchemy's event dispatch.
         event.listen(engine, "savepoint", lambda conn, name: None)
+    if implicit_commit_watch:
+        # What watch_implicit_commits installs on MySQL/MariaDB engines.
+        event.listen(engine, "do_execute", _implicit_commits._on_execute)
+        event.listen(engine, "do_execute_no_params", _implicit_commits._on_execute_no_params)
     factory = sessionmaker(engine)
     if guards:
         _guards.install(factory)
@@ -184,6 +192,9 @@ def run(url: str, rounds: int) -> None:
             "+ the extension's session listeners": hand_written(url, guards=True),
             "+ commit + listeners": hand_written(url, commit_after=True, guards=True),
             "+ a no-op engine 'savepoint' listener": hand_written(url, engine_listener=True),
+            "+ the implicit-commit watch (dialect 'do_execute')": hand_written(
+                url, implicit_commit_watch=True
+            ),
             "flask-sessionscope": bench_apps.sessionscope_defaults(url, {}),
         },
         rounds,

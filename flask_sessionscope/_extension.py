@@ -42,9 +42,10 @@ from ._commit import (
 from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
+from ._implicit_commits import watch_implicit_commits
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
 from ._partial_commits import note_commits
-from ._processes import fork_generation, track
+from ._processes import close_pools_when_collected, fork_generation, track
 from ._schema import ALL_BINDS, MetadataArgument, MetadataByBind, metadata_by_bind, selected_binds
 from ._scope import (
     OPEN_SCOPES_ATTRIBUTE,
@@ -174,10 +175,12 @@ class SessionScope:
         for engine in engines.values():
             track(engine)
             watch_for_aborted_transactions(engine)
+            watch_implicit_commits(engine)
             if settings.reset_session_state:
                 _connection_state.reset_on_return(engine)
         for engine in read_only_engines.values():
             track(engine)  # autocommit and never committed: nothing to watch
+        close_pools_when_collected(app, [*engines.values(), *read_only_engines.values()])
         try:
             options = resolve_session_options(settings.session_options, engines)
             options["class_"] = _with_remove(options.get("class_", Session))

@@ -9,12 +9,16 @@
   unknown", so that clients and operators treat it apart from a clean failure.
 
 Everything else (a constraint violation, a bug) stays a plain exception and
-reaches the app's normal error handling, a 500.
+reaches the app's normal error handling, a 500. So does a database that
+refuses the connection for good (an unknown database or user, a wrong
+password): retrying cannot help, so it is no 503, but it gets an ERROR log
+line of its own, "database misconfigured", that names the cause.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import sqlalchemy.exc as sa_exc
@@ -82,27 +86,89 @@ _RETRYABLE_MYSQL_CODES = frozenset(
 )
 
 
+_WRONG_CREDENTIALS = "wrong password or unknown user"
+_NO_ACCESS = "no access to the database"
+
+#: MySQL/MariaDB codes of a connection refused for good.
+_MISCONFIGURED_MYSQL_CODES = {
+    1044: _NO_ACCESS,  # access denied for user to database
+    1045: _WRONG_CREDENTIALS,  # access denied for user (using password: YES/NO)
+    1049: "unknown database",
+    1698: _WRONG_CREDENTIALS,  # access denied (no such user, or socket authentication)
+}
+#: PostgreSQL's codes for the same, when a driver reports one.
+_MISCONFIGURED_SQLSTATES = {
+    "3D000": "unknown database",  # invalid catalog name
+    "28000": _WRONG_CREDENTIALS,  # invalid authorization specification
+    "28P01": _WRONG_CREDENTIALS,  # invalid password
+}
+#: psycopg reports a refused connection with no SQLSTATE: the server's
+#: message is all there is, in the server's language (``lc_messages``).
+#: These are PostgreSQL's English texts; in another language the error
+#: stays a 503.
+_MISCONFIGURED_PG_MESSAGES = (
+    (re.compile(r'database "[^"]*" does not exist'), "unknown database"),
+    (re.compile(r'role "[^"]*" does not exist'), "unknown user"),
+    (
+        re.compile(r"(password|peer|ident|SCRAM) authentication failed|no password supplied"),
+        _WRONG_CREDENTIALS,
+    ),
+    (re.compile(r"permission denied for database|no pg_hba\.conf entry"), _NO_ACCESS),
+)
+
+
+def _mysql_code(original: object) -> int | None:
+    args = getattr(original, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None  # (code, message)
+
+
+def misconfiguration(error: BaseException) -> str | None:
+    """The cause when ``error`` is the database refusing the connection for
+    good: an unknown database or user, a wrong password, no access; None for
+    any other error. Retrying such a request cannot help."""
+    if not isinstance(error, sa_exc.DBAPIError):
+        return None
+    original = error.orig
+    code = _mysql_code(original)
+    if code is not None:
+        return _MISCONFIGURED_MYSQL_CODES.get(code)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate is not None:
+        return _MISCONFIGURED_SQLSTATES.get(sqlstate)
+    if isinstance(error, sa_exc.OperationalError) and type(original).__module__.startswith("psycopg"):
+        message = str(original)
+        for pattern, cause in _MISCONFIGURED_PG_MESSAGES:
+            if pattern.search(message):
+                return cause
+    return None
+
+
 def is_unavailability(error: BaseException) -> bool:
     """Whether ``error`` means the database could not serve the request now
     (an outage, a lost connection, a retryable conflict), as opposed to
-    refusing it (a constraint, a typo in SQL): only the first gets a 503."""
+    refusing it (a constraint, a typo in SQL, a wrong password): only the
+    first gets a 503."""
     if isinstance(error, sa_exc.TimeoutError):
         return True
     if not isinstance(error, sa_exc.DBAPIError):
         return False
     if error.connection_invalidated:
         return True
+    if misconfiguration(error) is not None:
+        return False
     original = error.orig
     sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    code = _mysql_code(original)
+    if code is not None:
+        # By code first: PyMySQL 1.2 also gives a SQLSTATE, HY000 for most
+        # errors, a lock wait timeout included.
+        return code in _RETRYABLE_MYSQL_CODES or (sqlstate or "").startswith("08")
     if sqlstate is not None:
         return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
-    if type(original).__module__.startswith(("psycopg", "psycopg2")):
+    if type(original).__module__.startswith("psycopg"):  # psycopg and psycopg2
         # Raised by the client library itself (no server code): the
         # connection could not be made or used.
         return isinstance(error, sa_exc.OperationalError)
-    args = getattr(original, "args", ())
-    if args and isinstance(args[0], int):  # MySQL drivers: (code, message)
-        return args[0] in _RETRYABLE_MYSQL_CODES
     return isinstance(error, sa_exc.OperationalError) and "database is locked" in str(original)
 
 
@@ -117,6 +183,13 @@ def failure_response(ctx: Context, error: BaseException) -> Response | None:
         logger.warning("database unavailable, answering 503: %s", _summary(error))
         answer = DatabaseUnavailable(retry_after=RETRY_AFTER)
     else:
+        cause = misconfiguration(error)
+        if cause is not None:
+            logger.error(
+                "database misconfigured (%s), answering 500; retrying will not help: %s",
+                cause,
+                _summary(error),
+            )
         return None
     response = ctx.app.make_response(_flask_internals.handle_http_exception(ctx, answer))
     if answer.code == 503:

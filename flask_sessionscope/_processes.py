@@ -8,8 +8,11 @@ extension made drops the pool it inherited without closing those connections
 (closing them would also close them for the parent), as SQLAlchemy
 recommends; the child then opens connections of its own on first use.
 
-At interpreter exit the pools are closed properly, instead of leaving each
-idle connection to the garbage collector (psycopg warns about every one).
+At interpreter exit, and when an app is garbage-collected (a test suite
+with a per-test app fixture drops one app per test), the pools are closed
+properly, instead of leaving each idle connection to the garbage collector:
+psycopg warns about every one, PyMySQL drops it without a goodbye, and the
+server keeps the backend until then.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import atexit
 import os
 import weakref
+from collections.abc import Iterable
 
 from sqlalchemy.engine import Engine
 
@@ -52,9 +56,20 @@ def track(engine: Engine) -> None:
     _engines.add(engine)
 
 
-def _close_pools_at_exit() -> None:
-    for engine in list(_engines):
+def close_pools_when_collected(owner: object, engines: Iterable[Engine]) -> None:
+    """Close the pools of ``engines`` when ``owner`` (the app they were made
+    for) is garbage-collected, without keeping ``owner`` alive."""
+    finalizer = weakref.finalize(owner, _close_pools, tuple(engines))
+    finalizer.atexit = False  # at exit, _close_pools_at_exit closes every pool
+
+
+def _close_pools(engines: Iterable[Engine]) -> None:
+    for engine in engines:
         engine.dispose()
+
+
+def _close_pools_at_exit() -> None:
+    _close_pools(list(_engines))
 
 
 atexit.register(_close_pools_at_exit)

@@ -8,6 +8,7 @@ key at fault and never echo a password.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -145,14 +146,25 @@ def apply_driver_defaults(
     return url, options
 
 
+def _misspelt_url_key(config: Mapping[str, Any]) -> str:
+    """'; K is set: did you mean M?' for a key K of ``config`` that looks
+    like a misspelling of the URL key M (or of its fallback), else ''."""
+    url_keys = (URL_KEY, FALLBACK_KEYS[URL_KEY])
+    for key in config:
+        if isinstance(key, str) and key not in url_keys:
+            close = difflib.get_close_matches(key, url_keys, n=1, cutoff=0.8)
+            if close:
+                return f"; {key} is set: did you mean {close[0]}?"
+    return ""
+
+
 def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     """Validate the extension's configuration keys and resolve their defaults."""
     url_key, url_value = _lookup(config, URL_KEY)
     if url_value is None:
+        hint = _misspelt_url_key(config) or "; set it to a database URL such as 'sqlite:///app.db'"
         raise ConfigurationError(
-            f"{URL_KEY} is not set (nor Flask-SQLAlchemy's"
-            f" {FALLBACK_KEYS[URL_KEY]}); set it to a database URL such as"
-            " 'sqlite:///app.db'"
+            f"{URL_KEY} is not set (nor Flask-SQLAlchemy's {FALLBACK_KEYS[URL_KEY]}){hint}"
         )
     options_key, options_value = _lookup(config, ENGINE_OPTIONS_KEY)
     common_options = _mapping(options_value, options_key)
@@ -218,6 +230,50 @@ def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+#: Names people write for a dialect SQLAlchemy spells otherwise.
+_DIALECT_SPELLINGS = {"postgres": "postgresql", "pgsql": "postgresql", "sqlite3": "sqlite"}
+
+#: The package to install for each driver name of a URL (``dialect+driver``).
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "psycopg2cffi": "psycopg2cffi",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "pymysql": "pymysql",
+    "mysqldb": "mysqlclient",
+    "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb",
+    "asyncmy": "asyncmy",
+    "aiomysql": "aiomysql",
+    "aiosqlite": "aiosqlite",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+    "aioodbc": "aioodbc",
+    "oracledb": "oracledb",
+    "cx_oracle": "cx_Oracle",
+}
+
+
+def _unknown_dialect_message(spec: EngineSpec) -> str:
+    drivername = spec.url.drivername
+    message = f"{spec.source}: SQLAlchemy has no dialect or driver {drivername!r}"
+    dialect, plus, driver = drivername.partition("+")
+    if dialect in _DIALECT_SPELLINGS:
+        message += f"; did you mean '{_DIALECT_SPELLINGS[dialect]}{plus}{driver}://'?"
+    return message
+
+
+def _missing_driver_message(spec: EngineSpec, error: ImportError) -> str:
+    driver = spec.url.get_driver_name()  # the dialect's default when the URL names none
+    package = _DRIVER_PACKAGES.get(driver, error.name or driver)
+    return (
+        f"{spec.source}: the database driver {driver!r} for {spec.url.drivername!r}"
+        f" is not installed (no module named {error.name or '?'!r}); install it,"
+        f" e.g. 'pip install {package}'"
+    )
+
+
 def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, Engine]:
     """Build one engine per spec, turning driver and option errors into
     :class:`ConfigurationError` that names the key at fault."""
@@ -226,15 +282,9 @@ def create_engines(specs: Mapping[str | None, EngineSpec]) -> dict[str | None, E
         try:
             engines[name] = sa.create_engine(spec.url, **spec.options)
         except NoSuchModuleError:
-            raise ConfigurationError(
-                f"{spec.source}: SQLAlchemy has no dialect or driver {spec.url.drivername!r}"
-            ) from None
+            raise ConfigurationError(_unknown_dialect_message(spec)) from None
         except ImportError as error:
-            raise ConfigurationError(
-                f"{spec.source}: the database driver for {spec.url.drivername!r}"
-                f" is not installed ({error.name or error}); install it, e.g."
-                " 'pip install psycopg[binary]' or 'pip install pymysql'"
-            ) from None
+            raise ConfigurationError(_missing_driver_message(spec, error)) from None
         except (TypeError, ArgumentError) as error:
             raise ConfigurationError(f"{spec.options_source}: invalid engine option: {error}") from None
     return engines

@@ -3,5 +3,6 @@
 # Extra arguments go to pytest. Under CI=true an unreachable server fails the run.
 source "$(dirname "$0")/_venv.sh" "test"
 bash "$ROOT/scripts/ensure-services.sh"
+bash "$ROOT/scripts/ensure-password-roles.sh"
 bash "$ROOT/scripts/ensure-chromium.sh" || echo "chromium could not be installed; the browser test will say so" >&2
 exec python -m pytest "$@"

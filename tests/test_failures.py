@@ -332,6 +332,35 @@ def test_a_bug_in_sql_stays_a_500_not_a_retryable_503(
     assert "Traceback" in caplog.text  # Flask logged the bug with its traceback
 
 
+def test_a_lock_wait_timeout_is_a_503_and_nothing_is_stored(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    """MariaDB's 1205 comes with SQLSTATE HY000 from PyMySQL 1.2: the code decides."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    short_wait = {
+        "postgresql": "SET LOCAL lock_timeout = '500ms'",
+        "mariadb": "SET SESSION innodb_lock_wait_timeout = 1",
+    }[server_backend]
+
+    @app.post("/items/<key>")
+    def rename(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=f"{key}-new"))
+        db.session.flush()
+        db.session.execute(sa.text(short_wait))
+        db.session.execute(sa.update(Item).where(Item.key == key).values(key=f"{key}-renamed"))
+        return "renamed", 200
+
+    with observer.begin() as setup:
+        setup.execute(sa.insert(Item).values(key="a"))
+    with observer.connect() as holder:
+        holder.execute(sa.select(Item).where(Item.key == "a").with_for_update())
+        response = app.test_client().post("/items/a")
+        holder.rollback()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert stored_keys(observer) == ["a"]
+
+
 def test_apps_handler_for_a_base_class_still_sees_database_errors(
     make_app: AppFactory, observer: Engine
 ) -> None:
