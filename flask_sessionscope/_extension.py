@@ -7,6 +7,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -43,6 +44,7 @@ from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
 from ._implicit_commits import watch_implicit_commits
+from ._jobs import run_unit_of_work
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
 from ._partial_commits import note_commits
 from ._processes import close_pools_when_collected, fork_generation, track
@@ -335,6 +337,21 @@ class SessionScope:
             _on_commit.run_one(ctx.app, callback)
             return
         _on_commit.register(session, ctx.app, callback)
+
+    def submit(self, executor: Executor, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``func(*args, **kwargs)`` on ``executor`` (a thread pool) as a
+        unit of work of the current app: in an app context of its own, with
+        a session of its own, committed when ``func`` returns, rolled back
+        when it raises, always closed. Returns the executor's future.
+
+        A session never moves between threads: pass ids and plain values,
+        not objects loaded here. The function starts at once, so it does
+        not see what the current request has not committed yet; submit
+        from ``db.on_commit`` when it must.
+        """
+        app = cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        self._state(app)  # fail here, not in the thread, if the app is not set up
+        return executor.submit(run_unit_of_work, app, func, *args, **kwargs)
 
     def manual_commit(self, view: View) -> View:
         """View decorator: the request is never committed for this view; it
