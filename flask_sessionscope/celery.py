@@ -34,13 +34,13 @@ __all__ = ["UnitOfWorkTask", "celery_init_app", "task_class"]
 
 
 class UnitOfWorkTask(Task):  # type: ignore[misc]  # Celery has no type hints
-    """A Celery task whose every run is a unit of work of :attr:`flask_app`
+    """A Celery task whose every run is a unit of work of its ``flask_app``
     (or, when run eagerly inside an app context, of that context's app).
 
     Use :func:`task_class` to get one bound to your app. The retry of
     database failures is tuned per task with the usual ``max_retries``
-    option and with ``db_retry_backoff`` / ``db_retry_backoff_max``
-    (seconds: the first wait and the cap).
+    option (5 here) and with ``db_retry_backoff`` / ``db_retry_backoff_max``
+    (seconds: the first wait, 0.5, and the cap, 30).
     """
 
     #: The Flask app whose app context and SessionScope the task runs in.

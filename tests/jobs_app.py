@@ -24,7 +24,7 @@ from flask_sessionscope.rq import unit_of_work
 
 from .conftest import Item
 
-REDIS_URL = os.environ.get("JOBS_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("JOBS_REDIS_URL", "redis://127.0.0.1:6379/0")  # as tests.conftest
 
 db = SessionScope()
 

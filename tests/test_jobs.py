@@ -28,7 +28,16 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from . import jobs_app
-from .conftest import BACKENDS, IN_CI, Base, Item, server_url_or_skip, stored_keys
+from .conftest import (
+    BACKENDS,
+    SERVER_URLS,
+    Base,
+    Item,
+    _create_run_database,
+    _drop_run_database,
+    server_url_or_skip,
+    stored_keys,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a test waits for a worker to have run its jobs (start-up included).
@@ -36,41 +45,27 @@ WAIT = 90.0
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    import redis
-
-    url = jobs_app.REDIS_URL
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        reason = f"Redis at {url} is unreachable: {type(error).__name__}: {error}"
-        if IN_CI:
-            pytest.fail(f"CI=true requires a reachable Redis: {reason}", pytrace=False)
-        pytest.skip(reason)
-    return url
-
-
-@pytest.fixture(scope="session")
 def job_databases(
     server_databases: dict[str, URL | str], tmp_path_factory: Any
 ) -> Iterator[dict[str, URL | str]]:
-    """A database for the jobs on each backend, its tables created (or the
-    reason a server is unusable)."""
+    """A database of their own for the jobs on each backend (the workers
+    keep its tables for the whole run, so it must not be the one other
+    tests create and drop theirs in), its tables created; or the reason a
+    server is unusable."""
     found: dict[str, URL | str] = {
         "sqlite": make_url(f"sqlite:///{tmp_path_factory.mktemp('jobs') / 'jobs.db'}")
     }
-    found.update(server_databases)
+    for name, url in server_databases.items():
+        found[name] = _create_run_database(SERVER_URLS[name]) if isinstance(url, URL) else url
     for url in found.values():
         if isinstance(url, URL):
             engine = sa.create_engine(url, poolclass=NullPool)
             Base.metadata.create_all(engine)
             engine.dispose()
     yield found
-    for url in found.values():
-        if isinstance(url, URL):
-            engine = sa.create_engine(url, poolclass=NullPool)
-            Base.metadata.drop_all(engine)
-            engine.dispose()
+    for name, url in found.items():
+        if isinstance(url, URL) and name in SERVER_URLS:
+            _drop_run_database(SERVER_URLS[name], url)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
