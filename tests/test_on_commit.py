@@ -272,3 +272,42 @@ class TestUnderDbIsolation:
         assert len(callbacks) == 1
         assert app.extensions["ran"] == ["a"]
         assert stored_keys(observer) == []  # still nothing committed for real
+
+
+def test_blocks_gathered_in_an_async_view_keep_their_own_callbacks(
+    make_app: AppFactory, observer: sa.Engine
+) -> None:
+    """Each asyncio task's block is its own unit of work: the callbacks of
+    the block that raised are dropped, those of the one that committed run
+    after its COMMIT, and the request's wait for the request."""
+    import asyncio
+
+    app, db = make_app()
+    ran: list[Any] = []
+
+    @app.post("/gather")
+    async def gather() -> Any:
+        first_open, second_done = asyncio.Event(), asyncio.Event()
+        db.on_commit(lambda: ran.append("request"))
+
+        async def first() -> None:
+            with db.transaction() as session:
+                db.on_commit(lambda: ran.append("first"))
+                first_open.set()
+                await second_done.wait()  # the second block opens and commits meanwhile
+                session.add(Item(key="first"))
+                raise ValueError("first block fails")
+
+        async def second() -> None:
+            await first_open.wait()
+            with db.transaction() as session:
+                session.add(Item(key="second"))
+                db.on_commit(lambda: ran.append(("second", stored_keys(observer))))
+            second_done.set()
+
+        await asyncio.gather(first(), second(), return_exceptions=True)
+        ran.append("view returns")
+        return "ok", 201
+
+    assert app.test_client().post("/gather").status_code == 201
+    assert ran == [("second", ["second"]), "view returns", "request"]
