@@ -74,5 +74,15 @@ nitpick_ignore = [
         "sqlalchemy.sql.selectable.Select",
         "collections.abc.Callable",
         "Pagination",
+        "concurrent.futures._base.Executor",
+        "concurrent.futures._base.Future",
+        "concurrent.futures.Executor",
+        "concurrent.futures.Future",
+        "celery.app.base.Celery",
+        "celery.Celery",
+        "celery.Task",
+        "celery.app.task.Task",
+        "flask_sessionscope.rq.F",
+        "F",
     )
 ]

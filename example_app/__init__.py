@@ -9,6 +9,10 @@ to use PostgreSQL or MariaDB instead, with the driver installed, e.g.::
 
     SESSIONSCOPE_PIP_EXTRA='psycopg[binary]' \
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/ledger ./scripts/run-example.sh
+
+After each committed transfer a background job writes its receipt: in a
+thread of the web process by default, or in a Celery or RQ worker when
+``REDIS_URL`` is set (see ``example_app.receipts``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import api, cli, views
+from . import api, cli, receipts, views
 from .extensions import db
 from .ledger import format_amount
 from .models import Base
@@ -56,6 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SESSIONSCOPE_DATABASE_URL"] = database_url_from_environment()
     app.config.update(config or {})
     db.init_app(app)
+    receipts.init_app(app)
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)

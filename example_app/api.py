@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, current_app, request, url_for
+from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from . import ledger
+from . import ledger, receipts
 from .extensions import db
-from .models import Account, Transfer
+from .models import Account, Receipt, Transfer
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -63,6 +64,16 @@ def list_transfers() -> Json:
     return {"transfers": [transfer_json(record) for record in ledger.recent_transfers(db.session, 100)]}
 
 
+@bp.get("/transfers/<int:transfer_id>/receipt")
+def get_receipt(transfer_id: int) -> Json | tuple[Json, int]:
+    """The transfer's receipt, written by a background job after the
+    transfer was committed; 404 until the job has run."""
+    receipt = db.session.scalar(select(Receipt).where(Receipt.transfer_id == transfer_id))
+    if receipt is None:
+        return {"error": "no receipt (yet) for this transfer"}, 404
+    return {"transfer_id": transfer_id, "text": receipt.text, "written_by": receipt.written_by}
+
+
 @bp.post("/transfers")
 def make_transfer() -> tuple[Json, int]:
     """Body: ``{"source_id": 1, "target_id": 2, "amount_cents": 1250}``.
@@ -75,6 +86,7 @@ def make_transfer() -> tuple[Json, int]:
         _field(body, "amount_cents", int),
         crash_after_debit=request.args.get("fault") == "1",
     )
+    receipts.send_after_commit(record)
     return transfer_json(record), 201
 
 

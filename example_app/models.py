@@ -48,3 +48,16 @@ class Transfer(Base):
 
     def __repr__(self) -> str:
         return f"<Transfer {self.id} {self.source_id}->{self.target_id} amount_cents={self.amount_cents}>"
+
+
+class Receipt(Base):
+    """The receipt of a committed transfer, written by a background job
+    enqueued once the transfer is committed (``example_app.receipts``)."""
+
+    __tablename__ = "ledger_receipts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    transfer_id: Mapped[int] = mapped_column(ForeignKey("ledger_transfers.id"), unique=True)
+    text: Mapped[str] = mapped_column(String(200))
+    #: Which queue ran the job: "thread", "celery" or "rq".
+    written_by: Mapped[str] = mapped_column(String(20))

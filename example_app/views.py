@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from . import ledger
+from . import ledger, receipts
 from .extensions import db
 from .models import Account, Transfer
 
@@ -81,6 +81,7 @@ def new_transfer() -> Page | Response:
             written_before_error=isinstance(error, ledger.InsufficientFunds),
         )
         return page, 422
+    receipts.send_after_commit(record)
     return redirect(url_for(".index", transfer=record.id), 303)
 
 

@@ -7,6 +7,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -20,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
 
-from . import _connection_state, _flask_internals, _guards
+from . import _connection_state, _flask_internals, _guards, _on_commit
 from ._aborted import watch as watch_for_aborted_transactions
 from ._blocks import (
     ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE,
@@ -43,6 +44,7 @@ from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
 from ._implicit_commits import watch_implicit_commits
+from ._jobs import run_unit_of_work
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
 from ._partial_commits import note_commits
 from ._processes import close_pools_when_collected, fork_generation, track
@@ -190,6 +192,7 @@ class SessionScope:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
         note_commits(factory, engines)
+        _on_commit.install(factory)
         self._states[app] = _AppState(
             engines,
             factory,
@@ -284,18 +287,71 @@ class SessionScope:
         block = Block(scope, session)
         scope.transactions = (*scope.transactions, session)
         token = enter_block(block)
+        committed: list[Any] = []
         try:
             yield session
             if block.generation != fork_generation():
                 return  # a forked child leaving its parent's block: the parent ends it
             if has_open_nested_block(block):
                 raise RuntimeError(ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE)
+            _on_commit.hold(session)
             commit_or_discard(session)
+            committed = _on_commit.take_committed(session)
         finally:
             leave_block(block, token)
             if block.generation == fork_generation():
                 scope.transactions = tuple(other for other in scope.transactions if other is not session)
                 close_quietly(session)
+        _on_commit.run(committed)
+
+    def on_commit(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` (no arguments) once the current unit of work is
+        committed, or never if it is rolled back.
+
+        The unit of work is the current ``db.transaction()`` block (the
+        current asyncio task's), or else the current request's (even before
+        its session was used), or else the app context session's open
+        transaction. It runs after the outermost COMMIT of that transaction,
+        whoever made it: the end of the request, the end of the block, or an
+        explicit ``db.session.commit()``. Registered inside a SAVEPOINT (a
+        nested block), it is dropped if that SAVEPOINT rolls back. Callbacks
+        run in registration order, in an app context, before the response
+        is sent. One that raises is logged and the others still run; the
+        committed answer stands.
+
+        With no unit of work open (an app context with no transaction), or
+        in a read-only session, which never commits anything, the callback
+        runs at once.
+        """
+        ctx = current_context()
+        in_request = ctx is _flask_internals.request_context()
+        scope = scope_of(ctx)
+        session = scope.current_session() if scope is not None else None
+        if session is None and in_request:
+            session = self.session  # the request's unit of work, committed at its end
+        if session is None or _guards.is_read_only(session):
+            _on_commit.run_one(ctx.app, callback)
+            return
+        in_block = scope is not None and current_block(scope) is not None
+        if not (in_request or in_block or session.in_transaction()):
+            _on_commit.run_one(ctx.app, callback)
+            return
+        _on_commit.register(session, ctx.app, callback)
+
+    def submit(self, executor: Executor, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``func(*args, **kwargs)`` on ``executor`` (a thread pool) as a
+        unit of work of the current app: in an app context of its own, with
+        a session of its own, committed when ``func`` returns, rolled back
+        when it raises, always closed. Returns the executor's future.
+
+        A session never moves between threads: pass ids and plain values,
+        not objects loaded here. The function starts at once, so it does
+        not see what the current request has not committed yet; submit
+        from ``db.on_commit`` when it must.
+        """
+        app = cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+        self._state(app)  # fail here, not in the thread, if the app is not set up
+        return executor.submit(run_unit_of_work, app, func, *args, **kwargs)
 
     def manual_commit(self, view: View) -> View:
         """View decorator: the request is never committed for this view; it
@@ -504,12 +560,19 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         # committed, whatever the rule says (and a database still down
         # cannot fail the same way again and again).
         decision = False
+    committed: list[Any] = []
     if decision is not None:
+        session = scope.session
+        assert session is not None
         try:
             if decision:
                 _check_before_commit(scope, response)
+                _on_commit.hold(session)
             finish_request(scope, decision)
+            if decision:
+                committed = _on_commit.take_committed(session)
         except Exception as error:
+            _on_commit.discard(session)
             scope.commit_failed = True
             close_scope(scope)
             failed = failure_response(ctx, error)
@@ -523,6 +586,8 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
             # The replacement gets the app's after_request treatment (CORS
             # headers, request ids), as Flask gives its own 500 page.
             return _flask_internals.process_response(ctx, failed)
+    if committed:
+        _on_commit.run(committed)
     if response.is_streamed and not response.direct_passthrough:
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.

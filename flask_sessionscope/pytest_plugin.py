@@ -10,6 +10,10 @@ pytest-flask: the project defines the ``app`` fixture, this plugin adds
   other's committed rows and nothing reaches the database for good.
 - ``db_session``: a session inside that same outer transaction, for the test
   to arrange and inspect rows.
+- ``db_capture_on_commit_callbacks``: under ``db_isolation`` nothing really
+  commits, so ``db.on_commit`` callbacks of units of work that would have
+  committed are recorded instead of run; this fixture shows them to the
+  test, and runs them with ``execute=True``.
 - the marker ``sessionscope_commit``: the test's writes are really committed
   (another process, such as pytest-flask's ``live_server``, can see them) and
   every mapped table is emptied when the test ends.
@@ -20,8 +24,8 @@ Its fixtures do nothing unless a test asks for them.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -32,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import sort_tables
 
+from . import _on_commit
 from ._shell import declarative_registries
 
 COMMIT_MARKER = "sessionscope_commit"
@@ -68,8 +73,38 @@ def db_isolation(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
             stack.callback(_empty_mapped_tables, factory, engines)
         else:
             _join_outer_transactions(factory, engines, stack)
+            # Nothing commits for real: callbacks are recorded, not run.
+            stack.enter_context(_on_commit.capture(app))
         _close_sessions_at_exit(factory, stack)
         yield
+
+
+CaptureCallbacks = Callable[..., AbstractContextManager[list[Callable[[], Any]]]]
+
+
+@pytest.fixture
+def db_capture_on_commit_callbacks(app: Flask) -> CaptureCallbacks:
+    """A context manager factory: ``with db_capture_on_commit_callbacks()
+    as callbacks:`` records in ``callbacks`` the ``db.on_commit`` callbacks
+    of every unit of work of the app that commits (or, under
+    ``db_isolation``, would commit) inside the block, in order, without
+    running them. With ``execute=True`` they are run when the block ends,
+    in an app context, as a real commit would (callbacks they register for
+    units of work that commit while they run are run too)."""
+
+    @contextmanager
+    def capture(*, execute: bool = False) -> Iterator[list[Callable[[], Any]]]:
+        with _on_commit.capture(app) as callbacks:
+            yield callbacks
+        if execute:
+            done = 0
+            while done < len(callbacks):
+                with _on_commit.capture(app) as more, app.app_context():
+                    callbacks[done]()
+                callbacks.extend(more)
+                done += 1
+
+    return capture
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ separate process (``stress.app:create_app()``):
 - ``STRESS_POOL_SIZE`` (5), ``STRESS_POOL_TIMEOUT`` (1.0 s): the pool, with
   no overflow, so concurrent requests outnumber its connections.
 - ``STRESS_PRE_PING`` ("0"): ``pool_pre_ping`` on or off.
+- ``STRESS_JOBS_PATH`` (required): the file the "jobs" go to, one line
+  with the key per job, appended by the ``db.on_commit`` callback of a
+  write asked with ``job=1``.
 - ``STRESS_WARM_POOL`` ("0"): open a connection while the app is built; with
   gunicorn ``--preload`` the parent then holds a pooled connection when it
   forks the workers, which must never use it.
@@ -135,6 +138,12 @@ def create_app() -> Flask:
         "connect_args": {"application_name": APPLICATION_NAME, "connect_timeout": 2},
     }
     db = SessionScope(app)
+    # O_APPEND: each job is one write of one short line, whole even when
+    # workers and threads append at the same time.
+    jobs = os.open(os.environ["STRESS_JOBS_PATH"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def enqueue_job(key: str) -> None:
+        os.write(jobs, f"{key}\n".encode())
 
     if _env_flag("STRESS_WARM_POOL"):
         global BUILDER_PID
@@ -162,8 +171,14 @@ def create_app() -> Flask:
           view returns 201 (a COMMIT cut in flight: 502);
         - stream: flush, then answer 201 with a streamed body (committed
           before the body is sent; the body's end closes the session).
+
+        With ``job=1``, a job for the key is enqueued with ``db.on_commit``
+        (after the write, before the fault): it must be enqueued exactly
+        once if the answer is a 2xx, and never otherwise.
         """
         fault = request.args.get("fault", "ok")
+        if request.args.get("job") == "1":
+            db.on_commit(lambda: enqueue_job(key))
         if fault == "unit":
             with db.transaction() as session:
                 session.add(Row(key=key))

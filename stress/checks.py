@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from .app import APPLICATION_NAME, DUPLICATE_KEY
-from .load import Outcome, admin_engine
+from .load import JOB_KINDS, Outcome, admin_engine
 
 #: The statuses each kind of request may get. 503: the database was
 #: unreachable or the pool exhausted; 502: the connection died during COMMIT.
@@ -42,6 +42,9 @@ EXPECTED: dict[str, set[int]] = {
     "dup": {500, 502, 503},
     "unit": {201, 502, 503},
     "stream": {201, 502, 503},
+    "job": {201, 502, 503},
+    "jobreject": {409, 503},
+    "jobraise": {500, 503},
     "head": {200, 503},
     "nodb": {200},
 }
@@ -69,6 +72,9 @@ class Report:
     violations: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
     log_kinds: Counter[str] = field(default_factory=Counter)
+    #: Job kinds answered 502: (row stored, job enqueued) -> count.
+    unknown_jobs: Counter[tuple[bool, bool]] = field(default_factory=Counter)
+    jobs_enqueued: int = 0
     stored_rows: int = 0
     serial_stored: int = 0
     tally: int = 0
@@ -142,6 +148,45 @@ def check_rows(outcomes: list[Outcome], url: URL, report: Report) -> None:
     report.serial_stored, report.tally = serial_stored, tally
     for key in sorted(set(stored) - sent):
         report.mismatches.append(f"key {key} is stored but no client sent it")
+
+
+def check_jobs(outcomes: list[Outcome], jobs_text: str, url: URL, report: Report) -> None:
+    """Every 2xx of a kind that enqueues a job on commit got exactly one
+    job; no 4xx, 500, 502 or 503 got one, nor any request of another kind.
+    502s (COMMIT outcome unknown) and requests with no answer are counted
+    apart, by whether the row is stored and the job was enqueued: a 502's
+    row may be stored without its job."""
+    jobs = Counter(line for line in jobs_text.splitlines() if line)
+    report.jobs_enqueued = sum(jobs.values())
+    engine = admin_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = set(conn.execute(sa.text("SELECT key FROM stress_rows")).scalars())
+    finally:
+        engine.dispose()
+    sent = set()
+    for outcome in outcomes:
+        if outcome.key is None:
+            continue
+        sent.add(outcome.key)
+        count = jobs.get(outcome.key, 0)
+        where = f"key {outcome.key} ({outcome.kind}, {_status_label(outcome)}, {_span(outcome)})"
+        if outcome.kind not in JOB_KINDS:
+            if count:
+                report.mismatches.append(f"{where}: {count} jobs for a request that enqueues none")
+        elif outcome.status is None or outcome.status == 502:
+            # A 502's COMMIT failed as far as the app knows: it never runs
+            # the callbacks, though the server may have stored the row.
+            report.unknown_jobs[(outcome.key in stored, count > 0)] += 1
+            if count > (0 if outcome.status == 502 else 1):
+                report.mismatches.append(f"{where}: {count} jobs")
+        elif 200 <= outcome.status < 300:
+            if count != 1:
+                report.mismatches.append(f"{where}: {count} jobs for a 2xx, expected exactly one")
+        elif count:
+            report.mismatches.append(f"{where}: {count} jobs although the answer was {outcome.status}")
+    for key in sorted(set(jobs) - sent):
+        report.mismatches.append(f"a job for key {key}, which no client sent")
 
 
 def _span(outcome: Outcome) -> str:

@@ -35,9 +35,16 @@ MIX: dict[str, int] = {
     "reject": 8,
     "dup": 8,
     "sleep": 2,
+    "job": 8,
+    "jobreject": 3,
+    "jobraise": 3,
     "head": 4,
     "nodb": 12,
 }
+
+#: The kinds that also enqueue a job with ``db.on_commit``, and the write
+#: view's fault each of them asks for.
+JOB_KINDS = {"job": "ok", "jobreject": "reject", "jobraise": "raise"}
 
 #: How long a ``sleep`` request holds its connection, in milliseconds.
 SLEEP_MS = (300, 1500)
@@ -125,7 +132,9 @@ def request_once(port: int, index: int, kind: str, sleep_ms: int = 0) -> Outcome
         key, method, path = None, "HEAD", "/peek"
     else:
         key = f"k{index:07d}"
-        path = f"/write/{key}?fault={kind}"
+        path = f"/write/{key}?fault={JOB_KINDS.get(kind, kind)}"
+        if kind in JOB_KINDS:
+            path += "&job=1"
         if kind == "sleep":
             path += f"&ms={sleep_ms}"
         method = "POST"

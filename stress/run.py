@@ -140,7 +140,9 @@ def free_port() -> int:
         return port
 
 
-def start_server(args: argparse.Namespace, url: URL, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    args: argparse.Namespace, url: URL, port: int, log_path: Path, jobs_path: Path
+) -> subprocess.Popen[bytes]:
     """Start gunicorn with the stress app; return once it answers."""
     env = {
         **os.environ,
@@ -149,6 +151,7 @@ def start_server(args: argparse.Namespace, url: URL, port: int, log_path: Path) 
         "STRESS_POOL_TIMEOUT": str(args.pool_timeout),
         "STRESS_PRE_PING": "1" if args.pre_ping else "0",
         "STRESS_WARM_POOL": "1" if args.preload else "0",
+        "STRESS_JOBS_PATH": str(jobs_path),
         "PYTHONWARNINGS": "default",
     }
     command = [
@@ -213,6 +216,7 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
 def run(args: argparse.Namespace) -> int:
     url = create_database(args.server_url)
     log_path = Path(tempfile.mkdtemp(prefix="sessionscope-stress-")) / "gunicorn.log"
+    jobs_path = log_path.parent / "jobs.txt"
     report = checks.Report()
     faults = FaultLog()
     stop = threading.Event()
@@ -226,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         port = free_port()
-        server = start_server(args, app_url, port, log_path)
+        server = start_server(args, app_url, port, log_path, jobs_path)
         try:
             budget = Budget(requests=args.requests, seconds=args.seconds)
             fault_threads = []
@@ -273,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
             if cutter is not None:
                 cutter.stop()
         checks.check_rows(outcomes, url, report)
+        checks.check_jobs(outcomes, jobs_path.read_text() if jobs_path.exists() else "", url, report)
         log_text = log_path.read_text(errors="replace")
         checks.check_server_log(log_text, report)
         booted = log_text.count("Booting worker with pid")
@@ -364,6 +369,12 @@ def print_report(
     print(
         f"commit outcome unknown (502): present {report.unknown_present}, absent {report.unknown_absent};"
         f" no HTTP answer: present {report.no_answer_present}, absent {report.no_answer_absent}"
+    )
+    unknown = report.unknown_jobs
+    print(
+        f"jobs enqueued on commit: {report.jobs_enqueued}; job requests answered 502 or not at all (row, job):"
+        f" row and job {unknown[(True, True)]}, row without job {unknown[(True, False)]},"
+        f" neither {unknown[(False, False)]}, job without row {unknown[(False, True)]}"
     )
     print(
         f"rows stored: {report.stored_rows}; serial keys stored: {report.serial_stored},"

@@ -119,6 +119,25 @@ def server_url_or_skip(server_databases: dict[str, URL | str], backend: str) -> 
     return url
 
 
+#: The broker of the background-job tests (real Celery and RQ workers).
+REDIS_URL = os.environ.get("JOBS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for the job tests; skipped when unreachable, failed under CI=true."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        reason = f"Redis at {REDIS_URL} is unreachable: {type(error).__name__}: {error}"
+        if IN_CI:
+            pytest.fail(f"CI=true requires a reachable Redis: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return REDIS_URL
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param

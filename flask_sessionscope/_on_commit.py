@@ -1,0 +1,164 @@
+"""Callbacks that run once a unit of work is committed (``db.on_commit``).
+
+A callback is kept in the ``info`` of the session it belongs to, with the
+SAVEPOINT that was open when it was registered. Three listeners on the
+app's sessionmaker, registered once at ``init_app``, follow the session's
+transactions:
+
+- a SAVEPOINT rolled back drops the callbacks registered inside it (and in
+  the savepoints it contained);
+- the outermost COMMIT marks the session's callbacks as committed;
+- the end of the outermost transaction runs them if it was committed and
+  drops them otherwise.
+
+The extension's own commits (the end of a request, the end of a
+``db.transaction()`` block) hold the callbacks instead of letting the end of
+the transaction run them, and run them once the request's or the block's
+bookkeeping is done, so that a callback using ``db.session`` finds a
+session in a normal state. A session without callbacks costs each
+listener one dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from . import _flask_internals
+
+logger = logging.getLogger("flask_sessionscope")
+
+Callback = Callable[[], Any]
+
+_CALLBACKS = "flask_sessionscope.on_commit"
+_COMMITTED = "flask_sessionscope.on_commit.committed"
+_HELD = "flask_sessionscope.on_commit.held"
+
+#: Per app, a stack of lists that record callbacks instead of running them
+#: (the pytest plugin's ``db_isolation``, where nothing really commits).
+_captures: WeakKeyDictionary[Flask, list[list[Callback]]] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Registered:
+    app: Flask
+    callback: Callback
+    #: The SAVEPOINT open at registration; None: the outermost transaction.
+    savepoint: SessionTransaction | None
+
+
+def install(factory: sessionmaker[Session]) -> None:
+    """Follow the transactions of every session ``factory`` makes."""
+    event.listen(factory, "after_commit", _after_commit)
+    event.listen(factory, "after_soft_rollback", _after_soft_rollback)
+    event.listen(factory, "after_transaction_end", _after_transaction_end)
+
+
+def register(session: Session, app: Flask, callback: Callback) -> None:
+    """Run ``callback`` after ``session``'s outermost COMMIT; forget it if
+    the transaction, or the SAVEPOINT open now, rolls back."""
+    entry = _Registered(app, callback, session.get_nested_transaction())
+    session.info.setdefault(_CALLBACKS, []).append(entry)
+
+
+def hold(session: Session) -> None:
+    """Keep the callbacks past the coming COMMIT: the caller runs them with
+    :func:`take_committed` once its own work after the commit is done."""
+    if _CALLBACKS in session.info:
+        session.info[_HELD] = True
+
+
+def take_committed(session: Session) -> list[_Registered]:
+    """The callbacks of ``session``, whose unit of work has just committed."""
+    info = session.info
+    info.pop(_HELD, None)
+    info.pop(_COMMITTED, None)
+    entries: list[_Registered] = info.pop(_CALLBACKS, [])
+    return entries
+
+
+def discard(session: Session) -> None:
+    """Forget ``session``'s callbacks: its unit of work did not commit."""
+    take_committed(session)
+
+
+def run(entries: list[_Registered]) -> None:
+    """Run committed callbacks in registration order, each in an app context
+    of its app. One that raises is logged with its traceback and the others
+    still run: the transaction is committed, nothing can undo it."""
+    for entry in entries:
+        recorders = _captures.get(entry.app)
+        if recorders:
+            recorders[-1].append(entry.callback)
+            continue
+        run_one(entry.app, entry.callback)
+
+
+def run_one(app: Flask, callback: Callback) -> None:
+    """Run ``callback`` in an app context of ``app`` (the current one if it
+    is ``app``'s), logging rather than raising what it raises."""
+    try:
+        current = _flask_internals.current_app_context()
+        if current is not None and current.app is app:
+            callback()
+        else:
+            with app.app_context():
+                callback()
+    except Exception:
+        logger.exception(
+            "an on_commit callback (%r) raised; its transaction stays committed and the"
+            " other callbacks still run",
+            callback,
+        )
+
+
+@contextmanager
+def capture(app: Flask) -> Iterator[list[Callback]]:
+    """Record, instead of running, the callbacks of ``app`` whose unit of
+    work commits while the block runs; yields the list they go to."""
+    recorded: list[Callback] = []
+    stack = _captures.setdefault(app, [])
+    stack.append(recorded)
+    try:
+        yield recorded
+    finally:
+        stack.remove(recorded)
+        if not stack:
+            del _captures[app]
+
+
+def _after_commit(session: Session) -> None:
+    if _CALLBACKS in session.info and not session.in_nested_transaction():
+        session.info[_COMMITTED] = True
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    entries: list[_Registered] | None = session.info.get(_CALLBACKS)
+    if entries and previous.nested:
+        entries[:] = [entry for entry in entries if not _inside(entry.savepoint, previous)]
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None or _CALLBACKS not in session.info or session.info.get(_HELD):
+        return
+    committed = session.info.get(_COMMITTED, False)
+    entries = take_committed(session)
+    if committed:
+        run(entries)
+
+
+def _inside(savepoint: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    """Whether ``savepoint`` is ``ended`` or was opened inside it."""
+    while savepoint is not None:
+        if savepoint is ended:
+            return True
+        savepoint = savepoint.parent
+    return False
