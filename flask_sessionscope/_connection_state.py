@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 
 from . import _guards
 from ._settings import EngineSpec
+from ._sqlalchemy_internals import in_autocommit
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -63,8 +64,7 @@ def create_read_only_engines(
         backend = spec.url.get_backend_name()
         if backend not in _READ_ONLY_AT_CONNECT or "pool" in spec.options:
             continue  # a pool given in the options would be shared with the app's engine
-        options = {**spec.options, "isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
-        engine = sa.create_engine(spec.url, **options)
+        engine = _autocommit_engine(spec)
         event.listen(engine, "connect", _read_only_at_connect(_READ_ONLY_AT_CONNECT[backend], engine.dialect))
         for hook in ("do_execute", "do_executemany"):
             event.listen(engine, hook, _refuse_with_parameters)
@@ -72,6 +72,18 @@ def create_read_only_engines(
         _skip_savepoints_in_autocommit(engine.dialect)
         read_only[engines[name]] = engine
     return read_only
+
+
+def _autocommit_engine(spec: EngineSpec) -> Engine:
+    """An engine of ``spec`` whose connections are in autocommit mode, and
+    whose pool sends no ROLLBACK when one goes back (there is nothing to
+    roll back) where the installed SQLAlchemy can skip it (2.0.43 and
+    later; earlier ones refuse the option)."""
+    options = {**spec.options, "isolation_level": "AUTOCOMMIT"}
+    try:
+        return sa.create_engine(spec.url, **options, skip_autocommit_rollback=True)
+    except TypeError:
+        return sa.create_engine(spec.url, **options)
 
 
 def read_only_session_options(
@@ -104,7 +116,7 @@ def _read_only_at_connect(sql: str, dialect: Dialect) -> Callable[[Any, Any], No
             cursor.execute(sql)
         finally:
             cursor.close()
-        if not dialect.detect_autocommit_setting(dbapi_connection):
+        if not in_autocommit(dialect, dbapi_connection):
             dbapi_connection.commit()
 
     return make_read_only
@@ -133,7 +145,7 @@ def _unless_autocommit(
 ) -> Callable[[Connection, str], None]:
     def savepoint_command(connection: Connection, name: str) -> None:
         dbapi_connection = connection.connection.dbapi_connection
-        if dbapi_connection is None or not dialect.detect_autocommit_setting(dbapi_connection):
+        if dbapi_connection is None or not in_autocommit(dialect, dbapi_connection):
             send(connection, name)
 
     return savepoint_command
