@@ -4,16 +4,17 @@ API on top of :class:`~flask_sessionscope.SessionScope`."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.orm
-from flask import Flask
+from flask import Flask, abort
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from .._errors import ConfigurationError
 from .._extension import SessionScope
+from .._schema import ALL_BINDS
 from .._settings import Settings
 from ._config import RECORD_QUERIES_KEY, TRACK_MODIFICATIONS_KEY, read_compat_settings
 from ._model import Model, is_declarative_base, make_model
@@ -23,7 +24,7 @@ from ._session import BIND_ENGINES_ATTRIBUTE, Session, SessionProxy
 from ._track_modifications import track_modifications
 
 EXTENSION_KEY = "sqlalchemy"
-ALL_BINDS = "__all__"
+T = TypeVar("T")
 
 
 class SQLAlchemy(SessionScope):
@@ -82,7 +83,7 @@ class SQLAlchemy(SessionScope):
             default_metadata: sa.MetaData = model_class.metadata
         else:
             default_metadata = metadata if metadata is not None else sa.MetaData()
-        self._metadatas: dict[str | None, sa.MetaData] = {None: default_metadata}
+        super().__init__(metadata={None: default_metadata})
         base_class: type[Session] = options.get("class_", Session)
         if not issubclass(base_class, Session):
             base_class = type(base_class.__name__, (Session, base_class), {})
@@ -94,7 +95,8 @@ class SQLAlchemy(SessionScope):
         self._session_options = options
         self._session_proxy = SessionProxy(self, self._session_class)
         self.Model = make_model(self, model_class, default_metadata, disable_autonaming=disable_autonaming)
-        super().__init__(app)
+        if app is not None:
+            self.init_app(app)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} apps={len(self._states)}>"
@@ -159,16 +161,6 @@ class SQLAlchemy(SessionScope):
 
     # -- metadata and tables -----------------------------------------------
 
-    @property
-    def metadata(self) -> sa.MetaData:
-        """The default metadata: that of tables and models without a bind key."""
-        return self._metadatas[None]
-
-    @property
-    def metadatas(self) -> dict[str | None, sa.MetaData]:
-        """The metadata of each bind key (``None``: the default)."""
-        return self._metadatas
-
     def _metadata_for(self, bind_key: str | None) -> sa.MetaData:
         """The metadata of ``bind_key``, made on first need with the default
         metadata's naming convention."""
@@ -189,19 +181,25 @@ class SQLAlchemy(SessionScope):
         return sa.Table(name, self._metadata_for(bind_key), *args, **kwargs)
 
     def create_all(self, bind_key: str | Iterable[str | None] | None = ALL_BINDS) -> None:
-        """Create the missing tables of each bind key (all by default); needs an app context."""
-        self._for_binds(bind_key, "create_all")
+        """Create the missing tables of each bind key (every configured one
+        by default); needs an app context."""
+        super().create_all(self._configured_binds(bind_key))
 
     def drop_all(self, bind_key: str | Iterable[str | None] | None = ALL_BINDS) -> None:
-        """Drop the tables of each bind key (all by default); needs an app context."""
-        self._for_binds(bind_key, "drop_all")
+        """Drop the tables of each bind key (every configured one by
+        default); needs an app context."""
+        super().drop_all(self._configured_binds(bind_key))
 
     def reflect(self, bind_key: str | Iterable[str | None] | None = ALL_BINDS) -> None:
         """Load the definitions of the tables in the database of each bind
-        key (all by default) into its metadata; needs an app context."""
-        self._for_binds(bind_key, "reflect")
+        key (every configured one by default) into its metadata; needs an
+        app context."""
+        for key in self._configured_binds(bind_key):
+            self._metadatas[key].reflect(bind=self.get_engine(key))
 
-    def _for_binds(self, bind_key: str | Iterable[str | None] | None, operation: str) -> None:
+    def _configured_binds(self, bind_key: str | Iterable[str | None] | None) -> list[str | None]:
+        """The bind keys named (all of the app's for ``"__all__"``), each
+        checked to have an engine and given a metadata if it had none."""
         engines = self.engines
         if bind_key == ALL_BINDS:
             keys: list[str | None] = list(engines)
@@ -213,7 +211,17 @@ class SQLAlchemy(SessionScope):
             if key not in engines:
                 name = "the default engine" if key is None else f"bind key {key!r}"
                 raise sa.exc.UnboundExecutionError(f"{name} is not configured (SQLALCHEMY_BINDS)")
-            getattr(self._metadata_for(key), operation)(bind=engines[key])
+            self._metadata_for(key)
+        return keys
+
+    def get_or_404(self, entity: type[T], ident: Any, *, description: str | None = None, **kwargs: Any) -> T:
+        """``db.session.get(entity, ident, **kwargs)``, or a 404 when there is no such row."""
+        if not kwargs:
+            return super().get_or_404(entity, ident, description=description)
+        found = self.session.get(entity, ident, **kwargs)
+        if found is None:
+            abort(404, description=description)
+        return found
 
     # -- engines -------------------------------------------------------------
 
