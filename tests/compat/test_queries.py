@@ -79,7 +79,13 @@ def test_model_query_paginate_from_the_query_string(make_compat_app: Any) -> Non
     client = app.test_client()
     second = client.get("/fruits?page=2&per_page=50").get_json()  # per_page capped at 10
     assert second["names"] == [f"fruit {n:02}" for n in range(11, 21)]
-    assert (second["page"], second["total"], second["pages"], second["next"], second["prev"]) == (2, 25, 3, 3, 1)
+    assert (second["page"], second["total"], second["pages"], second["next"], second["prev"]) == (
+        2,
+        25,
+        3,
+        3,
+        1,
+    )
     assert second["first_last"] == [11, 20]
     assert second["next_page"] == [f"fruit {n:02}" for n in range(21, 26)]
     assert second["widget"] == [1, 2, 3]
