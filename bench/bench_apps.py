@@ -262,7 +262,9 @@ CONTENDERS = [
     Contender("sessionscope", "flask-sessionscope, defaults", None, sessionscope_defaults),
     Contender("read_only", "flask-sessionscope, @read_only", None, sessionscope_read_only),
     Contender("flask_sqlalchemy", "Flask-SQLAlchemy", "flask-sqlalchemy", flask_sqlalchemy),
-    Contender("compat", "flask-sessionscope compat", None, sessionscope_compat, note="(FSA app, import changed)"),
+    Contender(
+        "compat", "flask-sessionscope compat", None, sessionscope_compat, note="(FSA app, import changed)"
+    ),
     Contender("lite", "Flask-SQLAlchemy-Lite", "flask-sqlalchemy-lite", flask_sqlalchemy_lite),
     Contender(
         "advanced_alchemy", "Advanced-Alchemy", "advanced-alchemy", advanced_alchemy, note="(autocommit)"

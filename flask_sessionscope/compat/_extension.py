@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 import sqlalchemy.orm
 from flask import Flask, abort
-from sqlalchemy import event
+from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 
 from .._errors import ConfigurationError
@@ -40,7 +40,7 @@ class SQLAlchemy(SessionScope):
     ``sqlalchemy.event``.
 
     :param app: call :meth:`init_app` on this app now.
-    :param metadata: the default :class:`~sqlalchemy.MetaData` (for a naming
+    :param metadata: the default ``MetaData`` (for a naming
         convention); ignored when ``model_class`` is a SQLAlchemy 2.x
         declarative base, whose own metadata is used.
     :param session_options: arguments of the app's sessionmaker
@@ -62,7 +62,7 @@ class SQLAlchemy(SessionScope):
         self,
         app: Flask | None = None,
         *,
-        metadata: sa.MetaData | None = None,
+        metadata: MetaData | None = None,
         session_options: dict[str, Any] | None = None,
         query_class: type[Query[Any]] = Query,
         model_class: type[Any] = Model,
@@ -76,6 +76,7 @@ class SQLAlchemy(SessionScope):
                 "session_options['scopefunc'] is not supported: each request and app"
                 " context has its own session, made and ended by flask-sessionscope"
             )
+        #: The class of ``Model.query``, ``db.session.query()`` and dynamic relationships.
         self.Query = query_class
         self._engine_options = dict(engine_options or {})
         self._add_models_to_shell = add_models_to_shell
@@ -94,6 +95,8 @@ class SQLAlchemy(SessionScope):
         options.setdefault("query_cls", query_class)
         self._session_options = options
         self._session_proxy = SessionProxy(self, self._session_class)
+        #: The declarative base of the app's models: generated ``__tablename__``,
+        #: ``__bind_key__``, ``Model.query``, a ``__repr__`` showing the primary key.
         self.Model = make_model(self, model_class, default_metadata, disable_autonaming=disable_autonaming)
         if app is not None:
             self.init_app(app)
@@ -173,8 +176,8 @@ class SQLAlchemy(SessionScope):
         return metadata
 
     def Table(self, name: str, *args: Any, bind_key: str | None = None, **kwargs: Any) -> sa.Table:
-        """A :class:`sqlalchemy.Table` in the metadata of ``bind_key`` (the
-        default when None), unless a :class:`~sqlalchemy.MetaData` comes
+        """A ``sqlalchemy.Table`` in the metadata of ``bind_key`` (the
+        default when None), unless a ``MetaData`` comes
         right after the name."""
         if args and isinstance(args[0], sa.MetaData):
             return sa.Table(name, *args, **kwargs)
@@ -234,12 +237,12 @@ class SQLAlchemy(SessionScope):
     # -- the SQLAlchemy namespace ------------------------------------------
 
     def relationship(self, *args: Any, **kwargs: Any) -> sa.orm.RelationshipProperty[Any]:
-        """:func:`sqlalchemy.orm.relationship`, with :attr:`Query` as the
+        """``sqlalchemy.orm.relationship()``, with :attr:`Query` as the
         query class of dynamic relationships and backrefs."""
         return sa.orm.relationship(*args, **self._with_query_class(kwargs))
 
     def dynamic_loader(self, argument: Any, **kwargs: Any) -> sa.orm.RelationshipProperty[Any]:
-        """:func:`sqlalchemy.orm.dynamic_loader`, with :attr:`Query` as its query class."""
+        """``sqlalchemy.orm.dynamic_loader()``, with :attr:`Query` as its query class."""
         return sa.orm.dynamic_loader(argument, **self._with_query_class(kwargs))
 
     def _with_query_class(self, kwargs: dict[str, Any]) -> dict[str, Any]:

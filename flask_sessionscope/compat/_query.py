@@ -1,4 +1,4 @@
-"""``Model.query``'s class: SQLAlchemy's legacy :class:`~sqlalchemy.orm.Query`
+"""``Model.query``'s class: SQLAlchemy's legacy ``Query``
 with the helpers views use to answer 404 and to paginate."""
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class QueryInfo:
     statement: str | None
     #: The parameters sent with it.
     parameters: Any
-    #: :func:`time.perf_counter` when it was sent, and when the result came back.
+    #: ``time.perf_counter()`` when it was sent, and when the result came back.
     start_time: float
     end_time: float
     #: Where in the app it was run, as ``module:line (function)``; the format is not stable.

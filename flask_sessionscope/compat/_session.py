@@ -1,7 +1,7 @@
 """``db.session`` as Flask-SQLAlchemy apps know it: an object that exists at
 import time and means the current request's session when used.
 
-:class:`SessionProxy` is a :class:`~sqlalchemy.orm.scoped_session` whose
+``SessionProxy`` is a ``sqlalchemy.orm.scoped_session`` whose
 registry does not keep sessions of its own: it asks the extension for the
 current context's session, the one the core commits or rolls back at the
 end of the request and always closes. So ``db.session.add()``,
@@ -44,7 +44,7 @@ class Session(sa.orm.Session):
     """
 
     #: Bind key -> engine for the app the session serves; empty when the app
-    #: has no named binds, which keeps :meth:`get_bind` as cheap as the base.
+    #: has no named binds, which keeps ``get_bind()`` as cheap as the base's.
     _sessionscope_bind_engines: dict[str, Engine] = {}  # noqa: RUF012 (replaced, never mutated)
 
     def get_bind(
@@ -54,6 +54,7 @@ class Session(sa.orm.Session):
         bind: Engine | Connection | None = None,
         **kwargs: Any,
     ) -> Engine | Connection:
+        """The engine of the bind key of what is queried, else SQLAlchemy's choice."""
         engines = self._sessionscope_bind_engines
         if engines and bind is None:
             key = bind_key_of(mapper, clause)
