@@ -200,3 +200,15 @@ def test_the_core_api_stays_available(make_compat_app: Any, observer: Engine) ->
 
     assert app.test_client().post("/audit").status_code == 403
     assert _stored(observer) == ["audit"]
+
+
+def test_a_view_that_committed_is_not_committed_again(make_compat_app: Any, observer: Engine) -> None:
+    """A ported view keeps its commit(); the end of the request then has
+    nothing to commit and must not run a second, empty commit (listeners
+    would see two, and the request would pay for one)."""
+    app, db, _ = _notes_app(make_compat_app)
+    commits: list[int] = []
+    event.listen(db.session, "before_commit", lambda session: commits.append(1))
+    assert app.test_client().post("/committed/once").status_code == 201
+    assert commits == [1]
+    assert _stored(observer) == ["once"]
