@@ -20,7 +20,7 @@ from ._config import RECORD_QUERIES_KEY, TRACK_MODIFICATIONS_KEY, read_compat_se
 from ._model import Model, is_declarative_base, make_model
 from ._query import Query
 from ._record_queries import record_queries_of
-from ._session import BIND_ENGINES_ATTRIBUTE, Session, SessionProxy
+from ._session import BIND_ENGINES_ATTRIBUTE, BindKeyRouting, Session, SessionProxy
 from ._track_modifications import track_modifications
 
 EXTENSION_KEY = "sqlalchemy"
@@ -94,7 +94,7 @@ class SQLAlchemy(SessionScope):
         options["class_"] = self._session_class
         options.setdefault("query_cls", query_class)
         self._session_options = options
-        self._session_proxy = SessionProxy(self, self._session_class)
+        self.session = SessionProxy(self, self._session_class)
         #: The declarative base of the app's models: generated ``__tablename__``,
         #: ``__bind_key__``, ``Model.query``, a ``__repr__`` showing the primary key.
         self.Model = make_model(self, model_class, default_metadata, disable_autonaming=disable_autonaming)
@@ -137,9 +137,12 @@ class SQLAlchemy(SessionScope):
             app.config, app.instance_path, self._engine_options, self._session_options
         )
         # A class of the app's own under the instance's, so that what only
-        # this app turned on (signals) listens on its sessions alone.
+        # this app turned on (signals, bind keys) applies to its sessions alone.
         options = dict(settings.session_options)
-        options["class_"] = type("Session", (options.get("class_", self._session_class),), {})
+        bases: tuple[type, ...] = (options.get("class_", self._session_class),)
+        if any(key is not None for key in settings.engines):
+            bases = (BindKeyRouting, *bases)
+        options["class_"] = type("Session", bases, {})
         return Settings(
             settings.engines,
             options,
@@ -150,17 +153,13 @@ class SQLAlchemy(SessionScope):
 
     # -- sessions ------------------------------------------------------------
 
-    @property
-    def session(self) -> SessionProxy:  # type: ignore[override]
-        """The current request's (or app context's) session, behind an
-        object that exists at import time: ``db.session.add(...)``,
-        ``db.session()``, ``db.session.remove()``, ``event.listen(db.session,
-        ...)`` and ``sqlalchemy_session = db.session`` in test factories all
-        work. Using it outside an app context raises :class:`RuntimeError`."""
-        return self._session_proxy
-
-    def _current_session(self) -> sa.orm.Session:
-        return SessionScope.session.fget(self)  # type: ignore[attr-defined, no-any-return]
+    #: The current request's (or app context's) session, behind an object
+    #: that exists at import time: ``db.session.add(...)``, ``db.session()``,
+    #: ``db.session.remove()``, ``event.listen(db.session, ...)`` and
+    #: ``sqlalchemy_session = db.session`` in test factories all work. Using
+    #: it outside an app context raises :class:`RuntimeError`. (A plain
+    #: attribute of the instance, not a property: it is read on every use.)
+    session: SessionProxy = None  # type: ignore[assignment]
 
     # -- metadata and tables -----------------------------------------------
 

@@ -15,6 +15,7 @@ and to no other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Mapper, scoped_session
 from sqlalchemy.sql import visitors
 
 from .._commit import close_quietly
+from .._extension import SessionScope
 from .._flask_internals import current_context
 from .._scope import scope_of
 
@@ -34,17 +36,21 @@ BIND_ENGINES_ATTRIBUTE = "_sessionscope_bind_engines"
 
 
 class Session(sa.orm.Session):
-    """The session class of :class:`~flask_sessionscope.compat.SQLAlchemy`:
-    a SQLAlchemy session that sends what belongs to a model or table with a
-    bind key (``__bind_key__``, ``db.Table(..., bind_key=...)``) to that
-    bind's engine, and everything else to the default engine.
+    """The session class of :class:`~flask_sessionscope.compat.SQLAlchemy`.
 
-    Subclass it to customize the session class, and pass the subclass as
-    ``session_options={"class_": ...}``.
+    Subclass it (or any SQLAlchemy session class) to customize the session
+    class, and pass the subclass as ``session_options={"class_": ...}``.
     """
 
-    #: Bind key -> engine for the app the session serves; empty when the app
-    #: has no named binds, which keeps ``get_bind()`` as cheap as the base's.
+
+class BindKeyRouting(sa.orm.Session):
+    """Sends what belongs to a model or table with a bind key
+    (``__bind_key__``, ``db.Table(..., bind_key=...)``) to that bind's
+    engine, and everything else where SQLAlchemy would. Mixed into the
+    session class only of apps that have named binds, so that the others
+    pay nothing per statement."""
+
+    #: Bind key -> engine for the app the session serves.
     _sessionscope_bind_engines: dict[str, Engine] = {}  # noqa: RUF012 (replaced, never mutated)
 
     def get_bind(
@@ -55,12 +61,11 @@ class Session(sa.orm.Session):
         **kwargs: Any,
     ) -> Engine | Connection:
         """The engine of the bind key of what is queried, else SQLAlchemy's choice."""
-        engines = self._sessionscope_bind_engines
-        if engines and bind is None:
+        if bind is None:
             key = bind_key_of(mapper, clause)
             if key is not None:
                 try:
-                    return engines[key]
+                    return self._sessionscope_bind_engines[key]
                 except KeyError:
                     raise sa.exc.UnboundExecutionError(
                         f"bind key {key!r} is not in the app's SQLALCHEMY_BINDS"
@@ -100,9 +105,11 @@ class _CurrentSession:
 
     def __init__(self, db: SQLAlchemy) -> None:
         self._db = db
+        # The core's own property function: this runs on every use of db.session.
+        self._current: Callable[[SessionScope], sa.orm.Session] = SessionScope.session.fget  # type: ignore[attr-defined]
 
     def __call__(self) -> sa.orm.Session:
-        return self._db._current_session()
+        return self._current(self._db)
 
     def has(self) -> bool:
         ctx = current_context()
