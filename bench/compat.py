@@ -93,10 +93,32 @@ def instructions_per_request(app_key: str, scenario_key: str, count: int) -> flo
     return (collected(count) - collected(0)) / count
 
 
+def calls_per_request(app_key: str, scenario_key: str, count: int) -> float:
+    """Python function calls per request under cProfile, in this process:
+    deterministic like instructions, and seconds where callgrind takes minutes."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        bench_apps.prepare_database(url)
+        app = bench_apps.BY_KEY[app_key].factory(url, {})
+        serve(app, scenario_key, 200)
+        profile = cProfile.Profile()
+        profile.enable()
+        serve(app, scenario_key, count)
+        profile.disable()
+    stats: Any = pstats.Stats(profile)
+    return sum(entry[1] for entry in stats.stats.values()) / count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--counted", type=int, default=500, help="requests counted under callgrind")
     parser.add_argument("--smoke", action="store_true", help="run each app briefly, no callgrind")
+    parser.add_argument(
+        "--calls", action="store_true", help="count function calls (cProfile), not instructions"
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     parser.add_argument("--child", nargs=3, metavar=("APP", "SCENARIO", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -110,6 +132,15 @@ def main() -> int:
         print("compat bench smoke: every app answered every scenario")
         return 0
     scenarios = [key for key in SCENARIOS if key in args.scenarios.split(",")]
+    if args.calls:
+        print(
+            f"Python function calls per request (cProfile, SQLite, {args.counted} requests per app and scenario)"
+        )
+        print(f"{'':<52}" + "".join(f"{SCENARIO_BY_KEY[key].title:>18}" for key in scenarios))
+        for app_key in APPS:
+            found = [calls_per_request(app_key, key, args.counted) for key in scenarios]
+            print(f"{bench_apps.BY_KEY[app_key].title():<52}" + "".join(f"{n:>18.0f}" for n in found))
+        return 0
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
             (app_key, scenario_key): pool.submit(
