@@ -197,6 +197,20 @@ def flask_sqlalchemy(url: str, engine_options: dict[str, Any]) -> Flask:
     return app
 
 
+def sessionscope_compat(url: str, engine_options: dict[str, Any]) -> Flask:
+    """The Flask-SQLAlchemy app above ported by changing its import to
+    ``flask_sessionscope.compat``: the view's own ``commit()`` stays, and the
+    extension ends the request as usual."""
+    from flask_sessionscope.compat import SQLAlchemy
+
+    app = _base_app()
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
+    db = SQLAlchemy(app)
+    _add_views(app, lambda: db.session, commit=True)
+    return app
+
+
 def flask_sqlalchemy_lite(url: str, engine_options: dict[str, Any]) -> Flask:
     """Flask-SQLAlchemy-Lite: a session on ``g``, committed by the view."""
     from flask_sqlalchemy_lite import SQLAlchemy
@@ -248,6 +262,9 @@ CONTENDERS = [
     Contender("sessionscope", "flask-sessionscope, defaults", None, sessionscope_defaults),
     Contender("read_only", "flask-sessionscope, @read_only", None, sessionscope_read_only),
     Contender("flask_sqlalchemy", "Flask-SQLAlchemy", "flask-sqlalchemy", flask_sqlalchemy),
+    Contender(
+        "compat", "flask-sessionscope compat", None, sessionscope_compat, note="(FSA app, import changed)"
+    ),
     Contender("lite", "Flask-SQLAlchemy-Lite", "flask-sqlalchemy-lite", flask_sqlalchemy_lite),
     Contender(
         "advanced_alchemy", "Advanced-Alchemy", "advanced-alchemy", advanced_alchemy, note="(autocommit)"

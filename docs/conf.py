@@ -84,5 +84,12 @@ nitpick_ignore = [
         "celery.app.task.Task",
         "flask_sessionscope.rq.F",
         "F",
+        "collections.abc.Iterable",
+        "flask_sessionscope.compat._extension.T",
+        "flask_sessionscope.compat._query.T",
+        "sqlalchemy.orm.relationships.RelationshipProperty",
+        "sqlalchemy.sql.schema.Table",
+        "flask_sessionscope.compat._session.SessionProxy",
+        "flask_sessionscope.compat._query.Query",
     )
 ]

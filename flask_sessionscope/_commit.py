@@ -42,6 +42,12 @@ def finish_request(scope: ContextScope, commit: bool) -> None:
     if not commit:
         roll_back(session)
         return
+    if session.get_transaction() is None and not (session.new or session.dirty or session.deleted):
+        # The view committed (or rolled back) itself and changed nothing
+        # since: a second, empty commit would only run the listeners again.
+        forget_writes(session)
+        scope.committed = True
+        return
     if not has_unsaved_writes(session):
         if not _driver_began_transaction(session):
             # SQLite's driver begins a transaction at the first write only:

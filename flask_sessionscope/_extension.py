@@ -65,6 +65,7 @@ from ._settings import (
     BINDS_KEY,
     SESSION_OPTIONS_KEY,
     CommitRule,
+    Settings,
     create_engines,
     read_settings,
     resolve_session_options,
@@ -171,7 +172,7 @@ class SessionScope:
             raise RuntimeError(
                 f"a SessionScope is already set up on {app.name!r}; call init_app once per app"
             )
-        settings = read_settings(app.config, app.instance_path)
+        settings = self._read_settings(app)
         engines = create_engines(settings.engines)
         read_only_engines = _connection_state.create_read_only_engines(settings.engines, engines)
         for engine in engines.values():
@@ -490,6 +491,11 @@ class SessionScope:
             raise RuntimeError(
                 f"SessionScope is not set up for app {app.name!r}; call db.init_app(app) first"
             ) from None
+
+    def _read_settings(self, app: Flask) -> Settings:
+        """The app's validated settings; a subclass that reads another
+        extension's configuration keys (``compat.SQLAlchemy``) replaces this."""
+        return read_settings(app.config, app.instance_path)
 
     def _new_session(self, ctx: Context, scope: ContextScope) -> Session:
         state = self._state(ctx.app)

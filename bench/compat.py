@@ -1,0 +1,173 @@
+"""What the compat class costs per request, next to Flask-SQLAlchemy itself.
+
+Usage (from the repository root, after ``.venv/bin/pip install -e '.[bench]'``)::
+
+    .venv/bin/python bench/compat.py                # about 3 minutes; needs valgrind
+    .venv/bin/python bench/compat.py --smoke        # seconds; no valgrind
+
+Issue 12 asks that an app ported by changing its import (the ``compat``
+contender of ``bench_apps.py``: the Flask-SQLAlchemy app, ``commit()`` in
+its write view kept) cost no more per request than under Flask-SQLAlchemy
+(the ``flask_sqlalchemy`` contender). A few percent of a request is below
+what a wall clock on a shared 2-CPU machine can tell apart, so each app is
+judged by **instructions per request**, counted by valgrind's callgrind in
+a child process per app and scenario on a SQLite file (the database runs
+in the process, so its work is counted too): the count for ``--counted``
+requests minus the count for none, divided by ``--counted``, with a fixed
+hash seed. Round trips are the same for both (``bench/requests.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import bench_apps
+from requests import SCENARIO_BY_KEY  # bench/requests.py, first on sys.path when run as a script
+from werkzeug.test import EnvironBuilder
+
+#: The two judged, and SessionScope itself: what the compat class adds to the core.
+APPS = ["flask_sqlalchemy", "compat", "sessionscope"]
+SCENARIOS = ["nodb", "read", "insert", "page"]
+TARGET = 1.03
+
+
+def serve(app: Any, scenario_key: str, count: int) -> None:
+    """Send ``count`` requests of the scenario; exit if one gets another status."""
+    scenario = SCENARIO_BY_KEY[scenario_key]
+    environ = EnvironBuilder(path=scenario.path, method=scenario.method).get_environ()
+    wsgi = app.wsgi_app
+    statuses: set[str] = set()
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.add(status)
+
+    for _ in range(count):
+        body = wsgi(dict(environ), start_response)
+        for _chunk in body:
+            pass
+        body.close()
+    if {status.split()[0] for status in statuses} - {str(scenario.status)}:
+        raise SystemExit(f"{scenario_key}: answered {statuses}")
+
+
+def _child(app_key: str, scenario_key: str, count: int) -> None:
+    """Run under callgrind: build, seed, warm up, then serve ``count`` requests."""
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        bench_apps.prepare_database(url)
+        app = bench_apps.BY_KEY[app_key].factory(url, {})
+        serve(app, scenario_key, 200)
+        serve(app, scenario_key, count)
+
+
+def instructions_per_request(app_key: str, scenario_key: str, count: int) -> float:
+    def collected(requests: int) -> int:
+        result = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                __file__,
+                "--child",
+                app_key,
+                scenario_key,
+                str(requests),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            check=True,
+        )
+        for line in result.stderr.splitlines():
+            if "Collected :" in line:
+                return int(line.rsplit(":", 1)[1])
+        raise SystemExit(f"no instruction count from callgrind for {app_key}:\n{result.stderr}")
+
+    return (collected(count) - collected(0)) / count
+
+
+def calls_per_request(app_key: str, scenario_key: str, count: int) -> float:
+    """Python function calls per request under cProfile, in this process:
+    deterministic like instructions, and seconds where callgrind takes minutes."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        bench_apps.prepare_database(url)
+        app = bench_apps.BY_KEY[app_key].factory(url, {})
+        serve(app, scenario_key, 200)
+        profile = cProfile.Profile()
+        profile.enable()
+        serve(app, scenario_key, count)
+        profile.disable()
+    stats: Any = pstats.Stats(profile)
+    return sum(entry[1] for entry in stats.stats.values()) / count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--counted", type=int, default=500, help="requests counted under callgrind")
+    parser.add_argument("--smoke", action="store_true", help="run each app briefly, no callgrind")
+    parser.add_argument(
+        "--calls", action="store_true", help="count function calls (cProfile), not instructions"
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    parser.add_argument("--child", nargs=3, metavar=("APP", "SCENARIO", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    if args.smoke:
+        for app_key in APPS:
+            for scenario_key in SCENARIOS:
+                _child(app_key, scenario_key, 20)
+        print("compat bench smoke: every app answered every scenario")
+        return 0
+    scenarios = [key for key in SCENARIOS if key in args.scenarios.split(",")]
+    if args.calls:
+        print(
+            f"Python function calls per request (cProfile, SQLite, {args.counted} requests per app and scenario)"
+        )
+        print(f"{'':<52}" + "".join(f"{SCENARIO_BY_KEY[key].title:>18}" for key in scenarios))
+        for app_key in APPS:
+            found = [calls_per_request(app_key, key, args.counted) for key in scenarios]
+            print(f"{bench_apps.BY_KEY[app_key].title():<52}" + "".join(f"{n:>18.0f}" for n in found))
+        return 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            (app_key, scenario_key): pool.submit(
+                instructions_per_request, app_key, scenario_key, args.counted
+            )
+            for app_key in APPS
+            for scenario_key in scenarios
+        }
+        counts = {key: future.result() for key, future in futures.items()}
+    print(
+        f"instructions per request (callgrind, SQLite, {args.counted} requests counted per app and scenario)"
+    )
+    print(f"{'':<52}" + "".join(f"{SCENARIO_BY_KEY[key].title:>18}" for key in scenarios))
+    for app_key in APPS:
+        title = bench_apps.BY_KEY[app_key].title()
+        print(f"{title:<52}" + "".join(f"{counts[app_key, key]:>18,.0f}" for key in scenarios))
+    ratios = {key: counts["compat", key] / counts["flask_sqlalchemy", key] for key in scenarios}
+    print(f"{'compat / Flask-SQLAlchemy':<52}" + "".join(f"{ratios[key]:>18.3f}" for key in scenarios))
+    over_core = {key: counts["compat", key] / counts["sessionscope", key] for key in scenarios}
+    print(f"{'compat / SessionScope':<52}" + "".join(f"{over_core[key]:>18.3f}" for key in scenarios))
+    worst = max(ratios.values())
+    verdict = "met" if worst <= TARGET else "NOT met"
+    print(
+        f"target (issue 12): compat / Flask-SQLAlchemy <= {TARGET} in every scenario: {worst:.3f} {verdict}"
+    )
+    return 0 if worst <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
