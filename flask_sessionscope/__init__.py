@@ -12,7 +12,9 @@ from ._errors import (
     TransactionAbortedError,
 )
 from ._extension import SessionScope
+from ._figures import RequestFigures, figures_ready, request_figures
 from ._pagination import Pagination
+from ._recorder import Recording, Statement
 from ._settings import default_commit_rule
 
 __all__ = [
@@ -20,8 +22,13 @@ __all__ = [
     "ConfigurationError",
     "Pagination",
     "ReadOnlySessionError",
+    "Recording",
+    "RequestFigures",
     "SessionScope",
     "SessionScopeError",
+    "Statement",
     "TransactionAbortedError",
     "default_commit_rule",
+    "figures_ready",
+    "request_figures",
 ]
