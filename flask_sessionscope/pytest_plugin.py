@@ -17,6 +17,9 @@ pytest-flask: the project defines the ``app`` fixture, this plugin adds
 - the marker ``sessionscope_commit``: the test's writes are really committed
   (another process, such as pytest-flask's ``live_server``, can see them) and
   every mapped table is emptied when the test ends.
+- ``db_assert_num_queries`` and ``db_assert_max_num_queries``: context
+  managers that fail the test when the block sent another number of
+  statements (more than the number) to the app's databases, listing them.
 
 Its fixtures do nothing unless a test asks for them.
 """
@@ -37,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import sort_tables
 
 from . import _on_commit
+from ._recorder import Recording, recording_of
 from ._shell import declarative_registries
 
 COMMIT_MARKER = "sessionscope_commit"
@@ -121,6 +125,51 @@ def db_session(db_isolation: None, app: Flask) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+QueryCounter = Callable[[int], AbstractContextManager[Recording]]
+
+
+@pytest.fixture
+def db_assert_num_queries(app: Flask) -> QueryCounter:
+    """``with db_assert_num_queries(3): client.get("/page")`` fails the test
+    unless the block sent exactly 3 statements to the app's databases
+    (transaction control not counted), listing the statements it sent."""
+    return _query_counter(app, exact=True)
+
+
+@pytest.fixture
+def db_assert_max_num_queries(app: Flask) -> QueryCounter:
+    """As ``db_assert_num_queries``, but fails only when the block sent
+    more statements than the number."""
+    return _query_counter(app, exact=False)
+
+
+def _query_counter(app: Flask, exact: bool) -> QueryCounter:
+    _, engines = _app_database(app)
+    engines = [*engines, *_read_only_engines(app)]
+
+    @contextmanager
+    def assert_num_queries(expected: int) -> Iterator[Recording]:
+        with recording_of(engines) as recording:
+            yield recording
+        sent = recording.statements
+        if sent == expected or (not exact and sent < expected):
+            return
+        wanted = f"{expected}" if exact else f"at most {expected}"
+        listed = "\n".join(
+            f"  {number}. {' '.join(statement.sql.split())}"
+            for number, statement in enumerate(recording.kept, start=1)
+        )
+        pytest.fail(f"expected {wanted} statement(s), the block sent {sent}:\n{listed}", pytrace=False)
+
+    return assert_num_queries
+
+
+def _read_only_engines(app: Flask) -> list[Engine]:
+    """The engines the app's read-only sessions use (internal to the extension)."""
+    db = app.extensions["sessionscope"]
+    return list(db._state(app).read_only_engines.values())
 
 
 def _app_database(app: Flask) -> tuple[sessionmaker[Session], list[Engine]]:
