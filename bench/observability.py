@@ -36,6 +36,7 @@ APPS: dict[str, tuple[str, dict[str, Any]]] = {
     "figures": ("SESSIONSCOPE_RECORD_STATEMENTS", {"SESSIONSCOPE_RECORD_STATEMENTS": True}),
     "server_timing": ("SESSIONSCOPE_SERVER_TIMING", {"SESSIONSCOPE_SERVER_TIMING": True}),
     "slow_log": ("SESSIONSCOPE_SLOW_REQUEST_SECONDS=1", {"SESSIONSCOPE_SLOW_REQUEST_SECONDS": 1}),
+    "n_plus_one": ('SESSIONSCOPE_N_PLUS_ONE="log"', {"SESSIONSCOPE_N_PLUS_ONE": "log"}),
 }
 SCENARIOS: dict[str, tuple[str, str, str, int]] = {
     "nodb": ("no DB use", "GET", "/nodb", 200),

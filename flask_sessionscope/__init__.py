@@ -13,6 +13,7 @@ from ._errors import (
 )
 from ._extension import SessionScope
 from ._figures import RequestFigures, figures_ready, request_figures
+from ._n_plus_one import NPlusOneError
 from ._pagination import Pagination
 from ._recorder import Recording, Statement
 from ._settings import default_commit_rule
@@ -20,6 +21,7 @@ from ._settings import default_commit_rule
 __all__ = [
     "CommitPartlyApplied",
     "ConfigurationError",
+    "NPlusOneError",
     "Pagination",
     "ReadOnlySessionError",
     "Recording",

@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
 
-from . import _connection_state, _figures, _flask_internals, _guards, _on_commit
+from . import _connection_state, _figures, _flask_internals, _guards, _n_plus_one, _on_commit
 from ._aborted import watch as watch_for_aborted_transactions
 from ._blocks import (
     ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE,
@@ -175,6 +175,7 @@ class SessionScope:
         settings = self._read_settings(app)
         settings = read_settings(app.config, app.instance_path)
         figure_settings = _figures.read_figure_settings(app.config)
+        n_plus_one_settings = _n_plus_one.read_n_plus_one_settings(app.config, app.debug)
         engines = create_engines(settings.engines)
         read_only_engines = _connection_state.create_read_only_engines(settings.engines, engines)
         for engine in engines.values():
@@ -210,6 +211,8 @@ class SessionScope:
         _flask_internals.give_requests_fresh_contexts_in_tests(app)
         if figure_settings is not None:
             _figures.install(app, figure_settings, [*engines.values(), *read_only_engines.values()])
+        if n_plus_one_settings is not None:
+            _n_plus_one.install(app, n_plus_one_settings, [*engines.values(), *read_only_engines.values()])
         got_request_exception.connect(_end_failed_request, app, weak=False)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:
