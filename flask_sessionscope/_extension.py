@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
 
-from . import _connection_state, _figures, _flask_internals, _guards, _n_plus_one, _on_commit
+from . import _connection_state, _figures, _flask_internals, _guards, _n_plus_one, _on_commit, _worker_databases
 from ._aborted import watch as watch_for_aborted_transactions
 from ._blocks import (
     ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE,
@@ -174,6 +174,9 @@ class SessionScope:
             )
         settings = self._read_settings(app)
         settings = read_settings(app.config, app.instance_path)
+        worker_databases = _worker_databases.active  # set by the pytest plugin in a pytest-xdist worker
+        if worker_databases is not None:
+            settings = worker_databases.settings_for_worker(settings)
         figure_settings = _figures.read_figure_settings(app.config)
         n_plus_one_settings = _n_plus_one.read_n_plus_one_settings(app.config, app.debug)
         engines = create_engines(settings.engines)
@@ -206,6 +209,8 @@ class SessionScope:
             read_only_engines,
         )
         app.extensions[EXTENSION_KEY] = self
+        if worker_databases is not None:
+            worker_databases.create_tables(self._metadatas, engines)
 
         _end_sessions_with_requests(app)
         _flask_internals.give_requests_fresh_contexts_in_tests(app)
