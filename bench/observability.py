@@ -37,6 +37,11 @@ APPS: dict[str, tuple[str, dict[str, Any]]] = {
     "server_timing": ("SESSIONSCOPE_SERVER_TIMING", {"SESSIONSCOPE_SERVER_TIMING": True}),
     "slow_log": ("SESSIONSCOPE_SLOW_REQUEST_SECONDS=1", {"SESSIONSCOPE_SLOW_REQUEST_SECONDS": 1}),
     "n_plus_one": ('SESSIONSCOPE_N_PLUS_ONE="log"', {"SESSIONSCOPE_N_PLUS_ONE": "log"}),
+    "tags": ("SESSIONSCOPE_TAG_STATEMENTS", {"SESSIONSCOPE_TAG_STATEMENTS": True}),
+    "request_id": (
+        "tags + SESSIONSCOPE_TAG_REQUEST_ID",
+        {"SESSIONSCOPE_TAG_STATEMENTS": True, "SESSIONSCOPE_TAG_REQUEST_ID": "X-Request-ID"},
+    ),
 }
 SCENARIOS: dict[str, tuple[str, str, str, int]] = {
     "nodb": ("no DB use", "GET", "/nodb", 200),
