@@ -152,7 +152,12 @@ def _finish(ctx: Context, settings: FigureSettings, response: Response) -> Respo
         elapsed = time.perf_counter() - figures.started
         if elapsed >= settings.slow_request_seconds:
             _log_slow_request(ctx, figures, elapsed)
-    figures_ready.send(ctx.app, figures=figures, response=response)
+    try:
+        figures_ready.send(ctx.app, figures=figures, response=response)
+    except Exception:
+        # After the commit: a receiver's error must not turn the committed
+        # request's answer into a failure.
+        logger.exception("a figures_ready receiver raised; the response stands")
     return response
 
 

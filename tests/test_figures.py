@@ -329,3 +329,23 @@ def test_figures_outside_requests_belong_to_the_app_context(make_app: AppFactory
         figures = request_figures()
         assert figures is not None
         assert figures.statements == 0
+
+
+def test_a_failing_receiver_does_not_change_a_committed_answer(
+    make_app: AppFactory, observer: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, db = make_app(SESSIONSCOPE_RECORD_STATEMENTS=True)
+
+    @app.post("/items/<key>")
+    def add(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+    def broken(sender: Flask, **extra: Any) -> None:
+        raise RuntimeError("metrics backend down")
+
+    with figures_ready.connected_to(broken, app), caplog.at_level(logging.ERROR, "flask_sessionscope"):
+        response = app.test_client().post("/items/a")
+    assert response.status_code == 201
+    assert stored_keys(observer) == ["a"]
+    assert any("figures_ready receiver raised" in record.getMessage() for record in caplog.records)
