@@ -21,7 +21,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
 
-from . import _connection_state, _figures, _flask_internals, _guards, _n_plus_one, _on_commit, _tagging, _worker_databases
+from . import (
+    _connection_state,
+    _figures,
+    _flask_internals,
+    _guards,
+    _n_plus_one,
+    _on_commit,
+    _tagging,
+    _worker_databases,
+)
 from ._aborted import watch as watch_for_aborted_transactions
 from ._blocks import (
     ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE,
