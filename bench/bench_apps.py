@@ -185,6 +185,32 @@ def sessionscope_read_only(url: str, engine_options: dict[str, Any]) -> Flask:
     return _sessionscope(url, engine_options, read_only=True)
 
 
+def sessionscope_figures(url: str, engine_options: dict[str, Any]) -> Flask:
+    """This project recording every request's statements (per-request figures)."""
+    return _sessionscope(url, engine_options, read_only=False, SESSIONSCOPE_RECORD_STATEMENTS=True)
+
+
+def sessionscope_server_timing(url: str, engine_options: dict[str, Any]) -> Flask:
+    """This project recording statements and sending a Server-Timing header."""
+    return _sessionscope(url, engine_options, read_only=False, SESSIONSCOPE_SERVER_TIMING=True)
+
+
+def sessionscope_tags(url: str, engine_options: dict[str, Any]) -> Flask:
+    """This project tagging every statement with the request's route and endpoint."""
+    return _sessionscope(url, engine_options, read_only=False, SESSIONSCOPE_TAG_STATEMENTS=True)
+
+
+def sessionscope_tags_request_id(url: str, engine_options: dict[str, Any]) -> Flask:
+    """This project tagging every statement with a request id too (made per request)."""
+    return _sessionscope(
+        url,
+        engine_options,
+        read_only=False,
+        SESSIONSCOPE_TAG_STATEMENTS=True,
+        SESSIONSCOPE_TAG_REQUEST_ID="X-Request-ID",
+    )
+
+
 def flask_sqlalchemy(url: str, engine_options: dict[str, Any]) -> Flask:
     """Flask-SQLAlchemy 3.x: its scoped session, committed by the view."""
     from flask_sqlalchemy import SQLAlchemy
@@ -261,6 +287,10 @@ CONTENDERS = [
     Contender("handwritten", "hand-written session on g", None, hand_written),
     Contender("sessionscope", "flask-sessionscope, defaults", None, sessionscope_defaults),
     Contender("read_only", "flask-sessionscope, @read_only", None, sessionscope_read_only),
+    Contender("figures", "flask-sessionscope, figures on", None, sessionscope_figures),
+    Contender("server_timing", "flask-sessionscope, Server-Timing", None, sessionscope_server_timing),
+    Contender("tags", "flask-sessionscope, tags", None, sessionscope_tags),
+    Contender("request_id", "flask-sessionscope, tags + request id", None, sessionscope_tags_request_id),
     Contender("flask_sqlalchemy", "Flask-SQLAlchemy", "flask-sqlalchemy", flask_sqlalchemy),
     Contender(
         "compat", "flask-sessionscope compat", None, sessionscope_compat, note="(FSA app, import changed)"

@@ -12,16 +12,25 @@ from ._errors import (
     TransactionAbortedError,
 )
 from ._extension import SessionScope
+from ._figures import RequestFigures, figures_ready, request_figures
+from ._n_plus_one import NPlusOneError
 from ._pagination import Pagination
+from ._recorder import Recording, Statement
 from ._settings import default_commit_rule
 
 __all__ = [
     "CommitPartlyApplied",
     "ConfigurationError",
+    "NPlusOneError",
     "Pagination",
     "ReadOnlySessionError",
+    "Recording",
+    "RequestFigures",
     "SessionScope",
     "SessionScopeError",
+    "Statement",
     "TransactionAbortedError",
     "default_commit_rule",
+    "figures_ready",
+    "request_figures",
 ]

@@ -21,7 +21,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
 
-from . import _connection_state, _flask_internals, _guards, _on_commit
+from . import (
+    _connection_state,
+    _figures,
+    _flask_internals,
+    _guards,
+    _n_plus_one,
+    _on_commit,
+    _tagging,
+    _worker_databases,
+)
 from ._aborted import watch as watch_for_aborted_transactions
 from ._blocks import (
     ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE,
@@ -166,13 +175,22 @@ class SessionScope:
         and hook the session's life into the app's request cycle.
 
         Raises :class:`ConfigurationError` naming the key at fault when the
-        configuration is missing or invalid. Connects to no database.
+        configuration is missing or invalid. Connects to no database (except
+        in a pytest-xdist worker, to make the worker's database: see the
+        testing docs).
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 f"a SessionScope is already set up on {app.name!r}; call init_app once per app"
             )
         settings = self._read_settings(app)
+        settings = read_settings(app.config, app.instance_path)
+        figure_settings = _figures.read_figure_settings(app.config)
+        n_plus_one_settings = _n_plus_one.read_n_plus_one_settings(app.config, app.debug)
+        tag_settings = _tagging.read_tag_settings(app.config)
+        worker_databases = _worker_databases.active  # set by the pytest plugin in a pytest-xdist worker
+        if worker_databases is not None:
+            settings = worker_databases.settings_for_worker(settings)
         engines = create_engines(settings.engines)
         read_only_engines = _connection_state.create_read_only_engines(settings.engines, engines)
         for engine in engines.values():
@@ -203,9 +221,19 @@ class SessionScope:
             read_only_engines,
         )
         app.extensions[EXTENSION_KEY] = self
+        if worker_databases is not None:
+            worker_databases.create_tables(self._metadatas, engines)
 
         _end_sessions_with_requests(app)
         _flask_internals.give_requests_fresh_contexts_in_tests(app)
+        # Observability: each installs its engine listeners only when it is on.
+        all_engines = [*engines.values(), *read_only_engines.values()]
+        if figure_settings is not None:
+            _figures.install(app, figure_settings, all_engines)
+        if n_plus_one_settings is not None:
+            _n_plus_one.install(app, n_plus_one_settings, all_engines)
+        if tag_settings is not None:
+            _tagging.install(app, tag_settings, all_engines)
         got_request_exception.connect(_end_failed_request, app, weak=False)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:

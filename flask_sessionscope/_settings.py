@@ -110,7 +110,7 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _is_memory_sqlite(url: URL) -> bool:
+def is_memory_sqlite(url: URL) -> bool:
     database = url.database or ""
     if database in ("", ":memory:"):
         return True
@@ -133,7 +133,7 @@ def apply_driver_defaults(
     options = dict(options)
     backend = url.get_backend_name()
     if backend == "sqlite":
-        if _is_memory_sqlite(url):
+        if is_memory_sqlite(url):
             options.setdefault("poolclass", StaticPool)
             connect_args = dict(options.get("connect_args", {}))
             connect_args.setdefault("check_same_thread", False)

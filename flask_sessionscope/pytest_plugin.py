@@ -17,12 +17,22 @@ pytest-flask: the project defines the ``app`` fixture, this plugin adds
 - the marker ``sessionscope_commit``: the test's writes are really committed
   (another process, such as pytest-flask's ``live_server``, can see them) and
   every mapped table is emptied when the test ends.
+- ``db_assert_num_queries`` and ``db_assert_max_num_queries``: context
+  managers that fail the test when the block sent another number of
+  statements (more than the number) to the app's databases, listing them.
 
 Its fixtures do nothing unless a test asks for them.
+
+Under pytest-xdist, each worker's apps get databases of their own (see
+:mod:`._worker_databases`): fresh by default, kept between runs with
+``--sessionscope-reuse-db``, dropped at the end with
+``--sessionscope-drop-db``; the ini option ``sessionscope_worker_databases =
+false`` turns that off.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -36,7 +46,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import sort_tables
 
-from . import _on_commit
+from . import _on_commit, _worker_databases
+from ._recorder import Recording, recording_of
 from ._shell import declarative_registries
 
 COMMIT_MARKER = "sessionscope_commit"
@@ -48,12 +59,52 @@ LIVE_SERVER_MESSAGE = (
 )
 
 
+WORKER_DATABASES_INI = "sessionscope_worker_databases"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sessionscope", "flask-sessionscope")
+    group.addoption(
+        "--sessionscope-reuse-db",
+        action="store_true",
+        help="under pytest-xdist, keep each worker's database from the last run instead of making it afresh",
+    )
+    group.addoption(
+        "--sessionscope-drop-db",
+        action="store_true",
+        help="under pytest-xdist, drop each worker's database when its tests are done",
+    )
+    parser.addini(
+        WORKER_DATABASES_INI,
+        "under pytest-xdist, give each worker's apps databases of their own (default true)",
+        type="bool",
+        default=True,
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{COMMIT_MARKER}: db_isolation lets the test's writes be committed for"
         " real and empties every mapped table when the test ends (use with live_server)",
     )
+    worker_input = getattr(config, "workerinput", None)  # set by pytest-xdist in its workers only
+    if worker_input is not None and config.getini(WORKER_DATABASES_INI):
+        worker_id = worker_input.get("workerid") or os.environ.get("PYTEST_XDIST_WORKER", "gw")
+        _worker_databases.active = _worker_databases.WorkerDatabases(
+            worker_id, reuse=bool(config.getoption("--sessionscope-reuse-db"))
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    databases = _worker_databases.active
+    if databases is None or getattr(config, "workerinput", None) is None:
+        return
+    _worker_databases.active = None
+    if config.getoption("--sessionscope-drop-db"):
+        # Pooled connections left by the apps hold no transaction: PostgreSQL
+        # is told to end them (WITH (FORCE)), MariaDB does not wait for them.
+        databases.drop_databases()
 
 
 @pytest.fixture
@@ -121,6 +172,51 @@ def db_session(db_isolation: None, app: Flask) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+QueryCounter = Callable[[int], AbstractContextManager[Recording]]
+
+
+@pytest.fixture
+def db_assert_num_queries(app: Flask) -> QueryCounter:
+    """``with db_assert_num_queries(3): client.get("/page")`` fails the test
+    unless the block sent exactly 3 statements to the app's databases
+    (transaction control not counted), listing the statements it sent."""
+    return _query_counter(app, exact=True)
+
+
+@pytest.fixture
+def db_assert_max_num_queries(app: Flask) -> QueryCounter:
+    """As ``db_assert_num_queries``, but fails only when the block sent
+    more statements than the number."""
+    return _query_counter(app, exact=False)
+
+
+def _query_counter(app: Flask, exact: bool) -> QueryCounter:
+    _, engines = _app_database(app)
+    engines = [*engines, *_read_only_engines(app)]
+
+    @contextmanager
+    def assert_num_queries(expected: int) -> Iterator[Recording]:
+        with recording_of(engines) as recording:
+            yield recording
+        sent = recording.statements
+        if sent == expected or (not exact and sent < expected):
+            return
+        wanted = f"{expected}" if exact else f"at most {expected}"
+        listed = "\n".join(
+            f"  {number}. {' '.join(statement.sql.split())}"
+            for number, statement in enumerate(recording.kept, start=1)
+        )
+        pytest.fail(f"expected {wanted} statement(s), the block sent {sent}:\n{listed}", pytrace=False)
+
+    return assert_num_queries
+
+
+def _read_only_engines(app: Flask) -> list[Engine]:
+    """The engines the app's read-only sessions use (internal to the extension)."""
+    db = app.extensions["sessionscope"]
+    return list(db._state(app).read_only_engines.values())
 
 
 def _app_database(app: Flask) -> tuple[sessionmaker[Session], list[Engine]]:

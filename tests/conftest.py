@@ -33,6 +33,11 @@ SERVER_URLS = {
     "mariadb": os.environ.get("SESSIONSCOPE_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 BACKENDS = ["sqlite", *SERVER_URLS]
+#: A PostgreSQL cluster of the tests' own whose server log can be read back
+#: (scripts/ensure-statement-log-cluster.sh starts it).
+STATEMENT_LOG_SERVER_URL = os.environ.get(
+    "SESSIONSCOPE_TEST_POSTGRESQL_LOGGED", "postgresql+psycopg://postgres@127.0.0.1:5433/postgres"
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: Flask 3.2 passes the context first to its dispatch methods.
 CONTEXT_FIRST = "ctx" in inspect.signature(Flask.do_teardown_appcontext).parameters
@@ -108,6 +113,22 @@ def server_databases() -> Iterator[dict[str, URL | str]]:
     for name, url in found.items():
         if isinstance(url, URL):
             _drop_run_database(SERVER_URLS[name], url)
+
+
+@pytest.fixture(scope="session")
+def statement_log_database() -> Iterator[URL | str]:
+    """A per-run database on the statement log cluster, or why it is unusable."""
+    try:
+        url: URL | str = _create_run_database(STATEMENT_LOG_SERVER_URL)
+    except Exception as error:
+        shown = make_url(STATEMENT_LOG_SERVER_URL).render_as_string(hide_password=True)
+        url = (
+            f"the statement log cluster at {shown} is unreachable (start it with"
+            f" scripts/ensure-statement-log-cluster.sh): {type(error).__name__}"
+        )
+    yield url
+    if isinstance(url, URL):
+        _drop_run_database(STATEMENT_LOG_SERVER_URL, url)
 
 
 def server_url_or_skip(server_databases: dict[str, URL | str], backend: str) -> URL:
