@@ -184,7 +184,6 @@ class SessionScope:
                 f"a SessionScope is already set up on {app.name!r}; call init_app once per app"
             )
         settings = self._read_settings(app)
-        settings = read_settings(app.config, app.instance_path)
         figure_settings = _figures.read_figure_settings(app.config)
         n_plus_one_settings = _n_plus_one.read_n_plus_one_settings(app.config, app.debug)
         tag_settings = _tagging.read_tag_settings(app.config)
