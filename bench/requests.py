@@ -4,6 +4,8 @@ Usage (from the repository root, after ``.venv/bin/pip install -e '.[bench]'``):
 
     .venv/bin/python bench/requests.py --backend all --seconds 60 --rounds 20
     .venv/bin/python bench/requests.py --smoke      # seconds-long check, SQLite only (CI)
+    .venv/bin/python bench/requests.py --backend postgresql --network-delay-ms 0.25
+                                                    # round trips as long as between two hosts
 
 For each backend (SQLite file in a temporary directory; PostgreSQL at
 127.0.0.1:5432 as user postgres, in a database created for the run and
@@ -205,6 +207,40 @@ def _relayed(url: str) -> tuple[Any, str]:
     return relay, relayed.render_as_string(hide_password=False)
 
 
+def _delayed(url: str, delay: float) -> str:
+    """``url`` through a relay in this process that adds ``delay`` seconds to
+    every round trip (a network between the app and the server), after
+    printing the round trip it measures with and without it."""
+    from wirecount import CountingRelay
+
+    parsed = sa.make_url(url)
+    relay = CountingRelay(parsed.host or "127.0.0.1", parsed.port or 5432, added_latency=delay)
+    relayed = parsed.set(host="127.0.0.1", port=relay.port).update_query_dict(
+        {"sslmode": "disable", "gssencmode": "disable"}
+    )
+    shown = relayed.render_as_string(hide_password=False)
+    direct, through = _round_trip_seconds(url), _round_trip_seconds(shown)
+    print(
+        f"network delay: each round trip {through * 1e6:.0f} µs through the relay,"
+        f" {direct * 1e6:.0f} µs direct (SELECT 1, median)"
+    )
+    return shown
+
+
+def _round_trip_seconds(url: str, samples: int = 200) -> float:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            timings = []
+            for _ in range(samples):
+                started = time.perf_counter()
+                connection.exec_driver_sql("SELECT 1").all()
+                timings.append(time.perf_counter() - started)
+        return statistics.median(timings)
+    finally:
+        engine.dispose()
+
+
 def run_worker(contender_key: str, url: str, count: bool, warmup: int) -> None:
     """Serve commands from the orchestrator on stdin, one JSON line each."""
     counter = relay = None
@@ -365,6 +401,7 @@ class Settings:
     count_requests: int
     min_samples: int
     contenders: list[str]
+    network_delay: float = 0.0  # seconds added to each PostgreSQL round trip while timing
 
 
 def count_round_trips(url: str, settings: Settings, results: dict[str, Measurements]) -> None:
@@ -394,6 +431,8 @@ def count_round_trips(url: str, settings: Settings, results: dict[str, Measureme
 def time_requests(url: str, settings: Settings, results: dict[str, Measurements]) -> None:
     """Interleaved timing rounds over one long-lived process per contender."""
     workers: dict[str, Worker] = {}
+    if settings.network_delay and sa.make_url(url).get_backend_name() == "postgresql":
+        url = _delayed(url, settings.network_delay)
     try:
         # One at a time: a warm-up's inserts must not overlap another's check.
         for key in settings.contenders:
@@ -597,6 +636,13 @@ def main(argv: list[str]) -> int:
         "--postgresql", default=bench_apps.POSTGRESQL_SERVER, help="server URL (a database is created on it)"
     )
     parser.add_argument(
+        "--network-delay-ms",
+        type=float,
+        default=0.0,
+        help="PostgreSQL only: add this much to every round trip while timing, through a relay (default 0:"
+        " loopback, where the server's answer costs about 0.1 ms)",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="one short round on SQLite only, to check the script runs"
     )
     args = parser.parse_args(argv)
@@ -617,6 +663,7 @@ def main(argv: list[str]) -> int:
         count_requests=3 if args.smoke else 20,
         min_samples=2 if args.smoke else 5,
         contenders=[c.key for c in bench_apps.CONTENDERS if c.key in contenders],
+        network_delay=args.network_delay_ms / 1000,
     )
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
 

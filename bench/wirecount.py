@@ -8,8 +8,12 @@ with one of two messages: ``Query`` (``Q``, the simple protocol: BEGIN,
 COMMIT, ROLLBACK) or ``Sync`` (``S``, which closes an extended-protocol
 Parse/Bind/Execute batch). Counting those two gives the round trips exactly.
 
-Only used by the counting processes of ``requests.py``, never while timing.
-The app must connect with ``sslmode=disable`` and ``gssencmode=disable`` so
+The counting processes of ``requests.py`` use it as it is. With
+``added_latency`` it also stands for a network between the app and the
+server: each message that ends a round trip waits that long before it is
+passed on, so every round trip costs that much more, as it would across a
+real network (``requests.py --network-delay-ms``; this machine's kernel has
+no ``netem``). The app must connect with ``sslmode=disable`` and ``gssencmode=disable`` so
 that the stream stays readable.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from contextlib import suppress
 
 #: Request codes a client may send before its real startup message.
@@ -26,8 +31,9 @@ _PRE_STARTUP_CODES = (80877103, 80877104)  # SSLRequest, GSSENCRequest
 class CountingRelay:
     """Relays 127.0.0.1:<port> to a PostgreSQL server, counting round trips."""
 
-    def __init__(self, server_host: str, server_port: int) -> None:
+    def __init__(self, server_host: str, server_port: int, added_latency: float = 0.0) -> None:
         self.server = (server_host, server_port)
+        self.added_latency = added_latency
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -51,6 +57,7 @@ class CountingRelay:
     def _client_to_server(self, client: socket.socket, upstream: socket.socket) -> None:
         buffer = b""
         started = False
+        ends_round_trip = False
         while True:
             try:
                 data = client.recv(65536)
@@ -79,9 +86,13 @@ class CountingRelay:
                 if len(buffer) < 1 + length:
                     break
                 if buffer[:1] in (b"Q", b"S"):
+                    ends_round_trip = True
                     with self._lock:
                         self.round_trips += 1
                 buffer = buffer[1 + length :]
+            if ends_round_trip and self.added_latency:
+                time.sleep(self.added_latency)
+            ends_round_trip = False
             # Counted before forwarding, so the count is complete by the time
             # the client can have its answer.
             try:

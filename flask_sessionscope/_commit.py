@@ -80,8 +80,12 @@ def commit_or_discard(session: Session) -> None:
     """
     try:
         if is_read_only(session):
-            session.flush()  # refuses pending changes
-            session.rollback()  # nothing to save, and nothing that slipped past may be
+            if session.new or session.dirty or session.deleted:
+                session.flush()  # refuses them
+            # Nothing to save, and nothing that slipped past may be: closing
+            # ends the transaction as a rollback would, without first
+            # expiring every loaded object only to detach it.
+            session.close()
             return
         reason = aborted_reason(session)
         if reason is not None:
