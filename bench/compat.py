@@ -61,7 +61,8 @@ def _child(app_key: str, scenario_key: str, count: int) -> None:
         bench_apps.prepare_database(url)
         app = bench_apps.BY_KEY[app_key].factory(url, {})
         serve(app, scenario_key, 200)
-        serve(app, scenario_key, count)
+        with callgrind.counting():
+            serve(app, scenario_key, count)
 
 
 def calls_per_request(app_key: str, scenario_key: str, count: int) -> float:

@@ -94,7 +94,8 @@ def _child(key: str, count: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         app = build(key, directory)
         serve(app, 200)
-        serve(app, count)
+        with callgrind.counting():
+            serve(app, count)
 
 
 def count_instructions(count: int) -> dict[str, float]:

@@ -81,7 +81,8 @@ def _child(key: str, scenario: str, count: int, warmup: int = 20) -> None:
         bench_apps.prepare_database(url)
         app = build(key, url)
         serve(app, scenario, warmup)
-        serve(app, scenario, count)
+        with callgrind.counting():
+            serve(app, scenario, count)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -119,8 +119,9 @@ def child(url: str, variant: str, statements: int) -> None:
     with Session(engine) as session:
         for _ in range(200):
             session.execute(STATEMENT, {"x": 1})
-        for _ in range(statements):
-            session.execute(STATEMENT, {"x": 1})
+        with callgrind.counting():
+            for _ in range(statements):
+                session.execute(STATEMENT, {"x": 1})
     engine.dispose()
 
 
