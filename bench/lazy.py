@@ -34,10 +34,7 @@ view through ``app.wsgi_app`` (body consumed and closed):
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bench_apps
+import callgrind
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
@@ -96,42 +94,13 @@ def _child(key: str, count: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         app = build(key, directory)
         serve(app, 200)
-        serve(app, count)
-
-
-def instructions_per_request(key: str, count: int) -> float:
-    def collected(requests: int) -> int:
-        result = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                sys.executable,
-                __file__,
-                "--child",
-                key,
-                str(requests),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            check=True,
-        )
-        for line in result.stderr.splitlines():
-            if "Collected :" in line:
-                return int(line.rsplit(":", 1)[1])
-        raise SystemExit(f"no instruction count from callgrind for {key}:\n{result.stderr}")
-
-    return (collected(count) - collected(0)) / count
+        with callgrind.counting():
+            serve(app, count)
 
 
 def count_instructions(count: int) -> dict[str, float]:
     """Instructions per request of every app, two children at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(instructions_per_request, key, count) for key in APPS}
-        return {key: future.result() for key, future in futures.items()}
+    return callgrind.per_unit_each(__file__, {key: ["--child", key] for key in APPS}, count)
 
 
 def time_rounds(rounds: int, count: int) -> dict[str, list[float]]:
@@ -165,7 +134,7 @@ def main() -> int:
     print(f"lazy path: GET /nodb, which never touches the database; Python {sys.version.split()[0]}")
     instructions: dict[str, float] = {}
     if not args.smoke:
-        if shutil.which("valgrind") is None:
+        if not callgrind.available():
             print("valgrind is not installed: instruction counts skipped")
         else:
             instructions = count_instructions(args.counted)

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bench_apps
+import callgrind
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
@@ -75,48 +74,22 @@ def serve(app: Flask, scenario: str, count: int) -> None:
             raise SystemExit(f"{name} answered {set(statuses)}")
 
 
-def _child(key: str, scenario: str, count: int) -> None:
+def _child(key: str, scenario: str, count: int, warmup: int = 20) -> None:
     directory = tempfile.mkdtemp(prefix="sessionscope-observability-")
     try:
         url = f"sqlite:///{os.path.join(directory, 'bench.db')}"
         bench_apps.prepare_database(url)
         app = build(key, url)
-        serve(app, scenario, 200)
-        serve(app, scenario, count)
+        serve(app, scenario, warmup)
+        with callgrind.counting():
+            serve(app, scenario, count)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def instructions_per_request(key: str, scenario: str, count: int) -> float:
-    def collected(requests: int) -> int:
-        result = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                sys.executable,
-                __file__,
-                "--child",
-                key,
-                scenario,
-                str(requests),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            check=True,
-        )
-        for line in result.stderr.splitlines():
-            if "Collected :" in line:
-                return int(line.rsplit(":", 1)[1])
-        raise SystemExit(f"no instruction count from callgrind for {key}/{scenario}:\n{result.stderr}")
-
-    return (collected(count) - collected(0)) / count
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--counted", type=int, default=300, help="requests counted under callgrind")
+    parser.add_argument("--counted", type=int, default=100, help="requests counted under callgrind")
     parser.add_argument(
         "--scenarios",
         default="mix",
@@ -133,20 +106,15 @@ def main() -> int:
     if "off" not in apps:
         apps.insert(0, "off")
     scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
-    if args.smoke or shutil.which("valgrind") is None:
+    if args.smoke or not callgrind.available():
         for key in apps:
             _child(key, "mix", 5)
         print("smoke: every app served every scenario" + ("" if args.smoke else " (valgrind missing)"))
         return 0
 
     print(f"observability features: instructions per request on SQLite, Python {sys.version.split()[0]}")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {
-            (key, scenario): pool.submit(instructions_per_request, key, scenario, args.counted)
-            for key in apps
-            for scenario in scenarios
-        }
-        counts = {pair: future.result() for pair, future in futures.items()}
+    children = {(key, scenario): ["--child", key, scenario] for key in apps for scenario in scenarios}
+    counts = callgrind.per_unit_each(__file__, children, args.counted)
     titles = {"mix": "one of each scenario", **{key: value[0] for key, value in SCENARIOS.items()}}
     header = "".join(f"{titles[s]:>22}" for s in scenarios)
     print(f"\n{'':38}{header}")

@@ -19,7 +19,10 @@ parameterised SELECT, on an engine with:
 - the ``handle_error`` listener every PostgreSQL and MySQL/MariaDB engine of
   the extension has (it runs only when a statement fails, but it turns
   dialect events on), without and with the watch: what the watch adds on
-  the engines it is installed on.
+  the engines it is installed on;
+- every statement recorded as ``SESSIONSCOPE_RECORD_STATEMENTS`` does
+  (count, SQL, parameters, time), through the dialect's methods as the
+  extension does, and through engine listeners as it did before.
 
 The default URL is in-memory SQLite; ``--url mysql+pymysql://...`` measures
 on MariaDB (the server's work is another process and is not counted).
@@ -28,16 +31,16 @@ on MariaDB (the server's work is another process and is not counted).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
+import time
 from typing import Any
 
+import callgrind
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from flask_sessionscope import _implicit_commits
+from flask_sessionscope import Recording, _implicit_commits, _recorder
 
 VARIANTS = {
     "none": "no hook",
@@ -47,6 +50,8 @@ VARIANTS = {
     "engine_noop": "no-op engine 'before_cursor_execute'",
     "aborted": "the extension's 'handle_error' listener only",
     "aborted_watch": "'handle_error' + implicit-commit watch",
+    "recorded": "statements recorded (figures on), dialect methods",
+    "recorded_engine": "the same recording, engine listeners",
 }
 STATEMENT = sa.text("SELECT 1 WHERE 1 = :x")
 
@@ -80,7 +85,32 @@ def make_engine(url: str, variant: str) -> sa.Engine:
         event.listen(engine, "before_cursor_execute", _before_cursor_execute)
     elif variant == "engine_noop":
         event.listen(engine, "before_cursor_execute", lambda *args: None)
+    elif variant == "recorded":
+        recording = Recording()
+        _recorder.listen(engine, lambda: recording)
+    elif variant == "recorded_engine":
+        _record_with_engine_listeners(engine, Recording())
     return engine
+
+
+def _record_with_engine_listeners(engine: sa.Engine, recording: Recording) -> None:
+    """How the figures recorded statements before they moved to the dialect's
+    methods: timed between before_cursor_execute and after_cursor_execute,
+    COMMIT and ROLLBACK counted by the engine's commit and rollback events."""
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        context._bench_started = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        recording.add(statement, parameters, time.perf_counter() - context._bench_started)
+
+    def control(conn: Any) -> None:
+        recording.transaction_control += 1
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    event.listen(engine, "commit", control)
+    event.listen(engine, "rollback", control)
 
 
 def child(url: str, variant: str, statements: int) -> None:
@@ -89,37 +119,10 @@ def child(url: str, variant: str, statements: int) -> None:
     with Session(engine) as session:
         for _ in range(200):
             session.execute(STATEMENT, {"x": 1})
-        for _ in range(statements):
-            session.execute(STATEMENT, {"x": 1})
+        with callgrind.counting():
+            for _ in range(statements):
+                session.execute(STATEMENT, {"x": 1})
     engine.dispose()
-
-
-def instructions_per_statement(url: str, variant: str, statements: int) -> float:
-    def collected(count: int) -> int:
-        result = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
-                sys.executable,
-                __file__,
-                "--child",
-                variant,
-                str(count),
-                "--url",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            check=True,
-        )
-        for line in result.stderr.splitlines():
-            if "Collected :" in line:
-                return int(line.rsplit(":", 1)[1])
-        raise SystemExit(f"no instruction count from callgrind for {variant}:\n{result.stderr}")
-
-    return (collected(statements) - collected(0)) / statements
 
 
 def main(argv: list[str]) -> int:
@@ -135,7 +138,8 @@ def main(argv: list[str]) -> int:
     backend = sa.make_url(args.url).get_backend_name()
     print(f"instructions per session.execute() on {backend}, Python {sys.version.split()[0]}")
     chosen = ["none", *(key for key in args.variants.split(",") if key != "none")]
-    counts = {key: instructions_per_statement(args.url, key, args.statements) for key in chosen}
+    children = {key: ["--child", key] for key in chosen}
+    counts = callgrind.per_unit_each(__file__, children, args.statements, after=["--url", args.url])
     for key in chosen:
         title = VARIANTS[key]
         extra = counts[key] - counts["none"]

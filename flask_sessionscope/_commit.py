@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Response
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ._aborted import aborted_reason
 from ._errors import TransactionAbortedError
@@ -18,7 +18,7 @@ from ._guards import FLUSHED, forget_writes, has_unsaved_writes, is_read_only
 from ._partial_commits import partly_applied
 from ._scope import ContextScope
 from ._settings import CommitRule
-from ._sqlalchemy_internals import transaction_connections
+from ._sqlalchemy_internals import has_pending_changes, root_connections, transaction_connections
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -42,14 +42,17 @@ def finish_request(scope: ContextScope, commit: bool) -> None:
     if not commit:
         roll_back(session)
         return
-    if session.get_transaction() is None and not (session.new or session.dirty or session.deleted):
+    transaction = session.get_transaction()
+    changes = has_pending_changes(session)
+    if transaction is None and not changes:
         # The view committed (or rolled back) itself and changed nothing
         # since: a second, empty commit would only run the listeners again.
         forget_writes(session)
         scope.committed = True
         return
-    if not has_unsaved_writes(session):
-        if not _driver_began_transaction(session):
+    if not changes and FLUSHED not in session.info:
+        assert transaction is not None
+        if not _driver_began_transaction(transaction):
             # SQLite's driver begins a transaction at the first write only:
             # a request that read has nothing for COMMIT to do.
             scope.committed = True
@@ -95,7 +98,7 @@ def commit_or_discard(session: Session) -> None:
                 reason,
             )
             raise TransactionAbortedError(f"the database aborted the transaction after: {reason}")
-        to_flush = bool(session.new or session.dirty or session.deleted)
+        to_flush = has_pending_changes(session)
         forget_writes(session)  # from here, a noted flush is commit()'s own
         try:
             session.commit()
@@ -138,11 +141,12 @@ def _end_driver_transactions(session: Session) -> None:
             connection.invalidate()
 
 
-def _driver_began_transaction(session: Session) -> bool:
-    """Whether any connection of ``session`` may hold a transaction on the
-    server. Only pysqlite tells for sure that it does not (it sends BEGIN
-    before the first write, not before a read); with any doubt, True."""
-    for connection in transaction_connections(session):
+def _driver_began_transaction(transaction: SessionTransaction) -> bool:
+    """Whether any connection of ``transaction`` (a session's root
+    transaction) may hold a transaction on the server. Only pysqlite tells
+    for sure that it does not (it sends BEGIN before the first write, not
+    before a read); with any doubt, True."""
+    for connection in dict.fromkeys(root_connections(transaction)):
         if connection.dialect.driver != "pysqlite" or connection.invalidated:
             return True
         if getattr(connection.connection.dbapi_connection, "in_transaction", True):
@@ -220,17 +224,18 @@ def close_after_body(response: Response, scope: ContextScope) -> None:
     response.call_on_close(end)
 
 
-def close_scope(scope: ContextScope) -> None:
+def close_scope(scope: ContextScope, *, check_late_writes: bool = True) -> None:
     """Close and drop every session of a context that is ending.
 
     A streamed response's generator may use the session after the end-of-
     request commit; whatever it changed then was never committed, and the
-    developer is told so rather than left to find rows missing.
+    developer is told so rather than left to find rows missing (unless
+    ``check_late_writes`` is False: the caller knows nothing ran since).
     """
     for session in (*scope.transactions, scope.session):
         if session is None:
             continue
-        if scope.committed and has_unsaved_writes(session):
+        if check_late_writes and scope.committed and has_unsaved_writes(session):
             logger.warning(
                 "changes made after the end-of-request commit (for example in a"
                 " streamed response's generator) were discarded; commit them"

@@ -53,12 +53,6 @@ POSTGRESQL_RESET = (
 )
 
 
-#: Where a feature that appends a comment to the SQL the driver gets (the
-#: statement tags) leaves that comment on the execution context, so that the
-#: checks below judge the statement as SQLAlchemy made it.
-APPENDED_COMMENT = "_flask_sessionscope_appended_comment"
-
-
 def create_read_only_engines(
     specs: Mapping[str | None, EngineSpec], engines: Mapping[str | None, Engine]
 ) -> dict[Engine, Engine]:
@@ -129,20 +123,11 @@ def _read_only_at_connect(sql: str, dialect: Dialect) -> Callable[[Any, Any], No
 
 
 def _refuse_with_parameters(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
-    _guards.refuse_state_changing_sql(_without_appended_comment(statement, context))
+    _guards.refuse_state_changing_sql(statement)
 
 
 def _refuse_without_parameters(cursor: Any, statement: str, context: Any) -> None:
-    _guards.refuse_state_changing_sql(_without_appended_comment(statement, context))
-
-
-def _without_appended_comment(statement: str, context: Any) -> str:
-    """``statement`` less the comment a feature of ours appended (and only
-    that exact text: a comment the app wrote itself is judged with the rest)."""
-    comment: str | None = getattr(context, APPENDED_COMMENT, None)
-    if comment and statement.endswith(comment):
-        return statement[: -len(comment)]
-    return statement
+    _guards.refuse_state_changing_sql(statement)
 
 
 def _skip_savepoints_in_autocommit(dialect: Dialect) -> None:

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, abort, current_app, got_request_exception, has_app_context, request
+from flask import Flask, Response, current_app, got_request_exception, has_app_context, request
 from flask.ctx import AppContext
 from sqlalchemy import MetaData, Select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import InternalServerError
@@ -54,6 +54,7 @@ from ._failures import CommitInterrupted, answer_unavailability, failure_respons
 from ._flask_internals import Context
 from ._implicit_commits import watch_implicit_commits
 from ._jobs import run_unit_of_work
+from ._not_found import found_or_404, one_or_404
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
 from ._partial_commits import note_commits
 from ._processes import close_pools_when_collected, fork_generation, track
@@ -64,6 +65,7 @@ from ._scope import (
     ContextScope,
     close_at_app_context_end,
     current_context,
+    current_scope,
     ensure_scope,
     hand_over_to_enclosing_context,
     scope_of,
@@ -250,8 +252,7 @@ class SessionScope:
     def session(self) -> Session:
         """The current request's (or app context's) session, created on first
         access. Raises :class:`RuntimeError` outside an app context."""
-        ctx = current_context()
-        scope = ensure_scope(ctx)
+        ctx, scope = current_scope()
         session = scope.current_session()
         if session is None:
             session = scope.session = self._new_session(ctx, scope)
@@ -456,25 +457,16 @@ class SessionScope:
 
     def get_or_404(self, entity: type[T], ident: Any, *, description: str | None = None) -> T:
         """``db.session.get(entity, ident)``, or a 404 when there is no such row."""
-        found = self.session.get(entity, ident)
-        if found is None:
-            abort(404, description=description)
-        return found
+        return found_or_404(self.session.get(entity, ident), description)
 
     def first_or_404(self, statement: Select[Any], *, description: str | None = None) -> Any:
         """The first result of ``statement`` (as ``scalars().first()``), or a 404 when there is none."""
-        found = self.session.execute(statement).scalars().first()
-        if found is None:
-            abort(404, description=description)
-        return found
+        return found_or_404(self.session.execute(statement).scalars().first(), description)
 
     def one_or_404(self, statement: Select[Any], *, description: str | None = None) -> Any:
         """The only result of ``statement`` (as ``scalar_one()``), or a 404
         when there is none or more than one."""
-        try:
-            return self.session.execute(statement).scalar_one()
-        except (NoResultFound, MultipleResultsFound):
-            abort(404, description=description)
+        return one_or_404(self.session.execute(statement).scalar_one, description)
 
     def paginate(
         self,
@@ -598,11 +590,12 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         session = scope.session
         assert session is not None
         try:
+            held = False
             if decision:
                 _check_before_commit(scope, response)
-                _on_commit.hold(session)
+                held = _on_commit.hold(session)
             finish_request(scope, decision)
-            if decision:
+            if held:
                 committed = _on_commit.take_committed(session)
         except Exception as error:
             _on_commit.discard(session)
@@ -626,7 +619,9 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         # the session must outlive that, so the body closes it instead.
         close_after_body(response, scope)
     else:
-        close_scope(scope)
+        # Nothing ran since the commit but the callbacks: only they can have
+        # left writes behind it.
+        close_scope(scope, check_late_writes=bool(committed))
     return response
 
 
@@ -699,18 +694,27 @@ def _end_app_context(app_ctx: AppContext | None) -> None:
     left, after the app's own teardown functions (which may have opened one)."""
     if app_ctx is None or not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
         return
-    # An app context pushed inside a view ends while the request goes on; the
-    # request's session is the request's to end, not this context's: the
-    # context around it takes over the duty of closing it if all else fails.
-    request_ctx = _flask_internals.request_context()
-    running_request = (
-        scope_of(request_ctx) if request_ctx is not None and request_ctx is not app_ctx else None
-    )
+    running_request: ContextScope | None = None
     for scope in take_open_scopes(app_ctx):
+        if scope.session is None and not scope.transactions:
+            continue  # closed already, as the end of its request does
+        if running_request is None:
+            running_request = _running_request_scope(app_ctx)
         if scope is running_request:
             hand_over_to_enclosing_context(app_ctx, scope)
         elif not scope.streaming:
             close_scope(scope)
+
+
+def _running_request_scope(app_ctx: AppContext) -> ContextScope | None:
+    """The scope of the request that goes on after ``app_ctx`` ends (an app
+    context pushed inside a view): its session is the request's to end, not
+    this context's, and the context around it takes over the duty of
+    closing it if all else fails."""
+    request_ctx = _flask_internals.request_context()
+    if request_ctx is None or request_ctx is app_ctx:
+        return None
+    return scope_of(request_ctx)
 
 
 def _mark_read_only(scope: ContextScope) -> None:

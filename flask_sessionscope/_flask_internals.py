@@ -157,12 +157,6 @@ def wrap_process_response(app: Flask, after: ResponseHook, on_error: ResponseErr
     app.process_response = wrapper  # type: ignore[method-assign, assignment]
 
 
-def _context_argument(args: tuple[Any, ...]) -> AppContext | None:
-    """The context a teardown method was called for: its first argument on
-    Flask 3.2, the active context before."""
-    return args[0] if args and isinstance(args[0], AppContext) else _cv_app.get(None)
-
-
 def wrap_do_teardown_request(app: Flask, on_error: TeardownErrorHook) -> None:
     """Make ``app.do_teardown_request`` hand an error of the app's teardown
     functions to ``on_error(ctx, error)``, which raises it or not."""
@@ -178,18 +172,35 @@ def wrap_do_teardown_appcontext(app: Flask, after: TeardownHook, on_error: Teard
 
 def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: TeardownHook | None) -> None:
     """Wrap the teardown method ``name`` of ``app``. Arguments pass through
-    unchanged, so every signature the installed Flask accepts still works."""
+    unchanged, so every signature the installed Flask accepts still works;
+    the context is the first argument on Flask 3.2, the active one before.
+    (Two versions: this runs twice at the end of every request.)"""
     teardown: Callable[..., None] = getattr(app, name)
+    wrapper: Callable[..., None]
+    if CONTEXT_FIRST:
 
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            teardown(*args, **kwargs)
-        except Exception as error:
-            on_error(_context_argument(args), error)
-        finally:
-            if after is not None:
-                after(_context_argument(args))
+        def context_first(ctx: AppContext, *args: Any, **kwargs: Any) -> None:
+            try:
+                teardown(ctx, *args, **kwargs)
+            except Exception as error:
+                on_error(ctx, error)
+            finally:
+                if after is not None:
+                    after(ctx)
 
+        wrapper = context_first
+    else:
+
+        def old_signature(*args: Any, **kwargs: Any) -> None:
+            try:
+                teardown(*args, **kwargs)
+            except Exception as error:
+                on_error(_cv_app.get(None), error)
+            finally:
+                if after is not None:
+                    after(_cv_app.get(None))
+
+        wrapper = old_signature
     setattr(app, name, wrapper)
 
 

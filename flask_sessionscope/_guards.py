@@ -17,6 +17,7 @@ from sqlalchemy import TextClause, TextualSelect, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
 
 from ._errors import ReadOnlySessionError
+from ._sqlalchemy_internals import has_pending_changes
 
 READ_ONLY = "flask_sessionscope.read_only"
 FLUSHED = "flask_sessionscope.flushed"
@@ -57,7 +58,7 @@ def is_read_only(session: Session) -> bool:
 
 def has_unsaved_writes(session: Session) -> bool:
     """Whether the session holds changes, flushed or not, that no commit has saved."""
-    return bool(session.new or session.dirty or session.deleted or session.info.get(FLUSHED))
+    return has_pending_changes(session) or FLUSHED in session.info
 
 
 def forget_writes(session: Session) -> None:

@@ -7,8 +7,8 @@ statement's shape. When one shape runs more than the threshold in a
 request, the detector logs it once (with the view and the line of the app
 that ran it), or raises :class:`NPlusOneError` from that line.
 
-Opt-in, and installed at ``init_app`` only when on: its engine listener
-would otherwise cost every statement.
+Opt-in, and installed at ``init_app`` only when on: its hook on the
+driver's calls (:mod:`._driver_calls`) would otherwise cost every statement.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 import sqlalchemy
 from flask import Flask
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from . import _flask_internals
+from ._driver_calls import add_watcher
 from ._errors import ConfigurationError, SessionScopeError
 from ._recorder import is_transaction_control
 
@@ -73,9 +73,7 @@ def install(app: Flask, settings: NPlusOneSettings, engines: Iterable[Engine]) -
     """Count the shapes of the statements ``engines`` run in each of the
     app's requests (and app contexts), and report those over the threshold."""
 
-    def count(
-        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
+    def count(statement: str, executemany: bool) -> None:
         ctx = _flask_internals.current_context()
         if ctx is None or ctx.app is not app or executemany:
             return
@@ -89,7 +87,7 @@ def install(app: Flask, settings: NPlusOneSettings, engines: Iterable[Engine]) -
             _report(ctx, statement, settings)
 
     for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
+        add_watcher(engine, count)
 
 
 def _report(ctx: Any, statement: str, settings: NPlusOneSettings) -> None:

@@ -69,11 +69,15 @@ def register(session: Session, app: Flask, callback: Callback) -> None:
     session.info.setdefault(_CALLBACKS, []).append(entry)
 
 
-def hold(session: Session) -> None:
+def hold(session: Session) -> bool:
     """Keep the callbacks past the coming COMMIT: the caller runs them with
-    :func:`take_committed` once its own work after the commit is done."""
+    :func:`take_committed` once its own work after the commit is done.
+    False when the session has none (those registered during the COMMIT
+    then run at the end of its transaction, as outside requests)."""
     if _CALLBACKS in session.info:
         session.info[_HELD] = True
+        return True
+    return False
 
 
 def take_committed(session: Session) -> list[_Registered]:

@@ -2,26 +2,25 @@
 
 A small piece with no knowledge of Flask, used by the per-request figures
 (:mod:`._figures`), the pytest fixture ``db_assert_num_queries`` and, later,
-Flask-SQLAlchemy's ``get_recorded_queries()``. :func:`listen` puts engine
-listeners on an engine that hand every statement to whatever
-:class:`Recording` a callable names at that moment (or to none).
+Flask-SQLAlchemy's ``get_recorded_queries()``. :func:`listen` hands every
+statement of an engine to whatever :class:`Recording` a callable names at
+that moment (or to none).
 
-Engine-level listeners put every statement of the engine on SQLAlchemy's
-event-dispatching path, even when they then do nothing, so they are only
-ever installed by a feature that is switched on, and removed with it.
+The statements are seen around the driver's calls (:mod:`._driver_calls`),
+which an engine only has while a feature that is switched on needs them.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
+
+from ._driver_calls import add_sink
 
 #: Statements sent by the cursor that only control the transaction; the
 #: driver-level BEGIN, COMMIT and ROLLBACK are counted by their own events.
@@ -91,49 +90,13 @@ def is_transaction_control(sql: str) -> bool:
 
 
 Sink = Callable[[], "Recording | None"]
-_STARTED = "_flask_sessionscope_started"
 
 
 def listen(engine: Engine, sink: Sink) -> Callable[[], None]:
-    """Hand every statement ``engine`` sends from now on to the recording
-    ``sink()`` returns when it starts (None: not recorded). Returns the
-    function that removes the listeners again."""
-
-    def before(
-        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        if context is not None:
-            setattr(context, _STARTED, (sink(), time.perf_counter()))
-
-    def after(
-        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> None:
-        started = getattr(context, _STARTED, None) if context is not None else None
-        if started is None:
-            return
-        recording, start = started
-        if recording is not None:
-            recording.add(statement, parameters, time.perf_counter() - start)
-
-    def driver_control(conn: Connection, *args: Any) -> None:
-        recording = sink()
-        if recording is not None:
-            recording.transaction_control += 1
-
-    listeners: list[tuple[str, Callable[..., None]]] = [
-        ("before_cursor_execute", before),
-        ("after_cursor_execute", after),
-        ("commit", driver_control),
-        ("rollback", driver_control),
-    ]
-    for name, function in listeners:
-        event.listen(engine, name, function)
-
-    def remove() -> None:
-        for name, function in listeners:
-            event.remove(engine, name, function)
-
-    return remove
+    """Hand every statement ``engine`` sends from now on, and every COMMIT
+    and ROLLBACK, to the recording ``sink()`` returns at that moment (None:
+    not recorded). Returns the function that stops it again."""
+    return add_sink(engine, sink)
 
 
 @contextmanager

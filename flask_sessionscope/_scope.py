@@ -43,46 +43,36 @@ class ContextScope:
 
     Created only when the context first needs it (its session is used, or a
     view decorator sets a flag), so a request that never touches the
-    database allocates nothing.
+    database allocates nothing. The defaults are class attributes: a scope
+    starts with only its fork generation set, and an instance attribute
+    appears when a flag first changes (this is made once per request that
+    uses its session).
     """
 
-    __slots__ = (
-        "autocommit",
-        "commit_failed",
-        "committed",
-        "first_chunk_before_commit",
-        "generation",
-        "read_only",
-        "request_failed",
-        "rollback_only",
-        "session",
-        "streaming",
-        "transactions",
-    )
+    #: The context's lazily created session (``db.session``).
+    session: Session | None = None
+    #: The sessions of the open outermost ``db.transaction()`` blocks
+    #: (several when asyncio tasks each run one; see :mod:`._blocks`).
+    transactions: tuple[Session, ...] = ()
+    #: False under ``@manual_commit``: the request is never committed for the view.
+    autocommit = True
+    #: Set by ``set_rollback_only()``: roll back whatever the status.
+    rollback_only = False
+    #: Set by ``@read_only``: sessions of this context refuse to write.
+    read_only = False
+    #: The end-of-request commit has happened (later writes are lost).
+    committed = False
+    #: The end-of-request commit failed: no answer may be a success.
+    commit_failed = False
+    #: Set by ``@first_chunk_before_commit``: pull a streamed body's first chunk before committing.
+    first_chunk_before_commit = False
+    #: An unhandled exception went through Flask's handle_exception: the
+    #: response now being finished is the app's error handler's.
+    request_failed = False
+    #: A streamed body is being sent: its end, not teardown, closes the sessions.
+    streaming = False
 
     def __init__(self) -> None:
-        #: The context's lazily created session (``db.session``).
-        self.session: Session | None = None
-        #: The sessions of the open outermost ``db.transaction()`` blocks
-        #: (several when asyncio tasks each run one; see :mod:`._blocks`).
-        self.transactions: tuple[Session, ...] = ()
-        #: False under ``@manual_commit``: the request is never committed for the view.
-        self.autocommit = True
-        #: Set by ``set_rollback_only()``: roll back whatever the status.
-        self.rollback_only = False
-        #: Set by ``@read_only``: sessions of this context refuse to write.
-        self.read_only = False
-        #: The end-of-request commit has happened (later writes are lost).
-        self.committed = False
-        #: The end-of-request commit failed: no answer may be a success.
-        self.commit_failed = False
-        #: Set by ``@first_chunk_before_commit``: pull a streamed body's first chunk before committing.
-        self.first_chunk_before_commit = False
-        #: An unhandled exception went through Flask's handle_exception: the
-        #: response now being finished is the app's error handler's.
-        self.request_failed = False
-        #: A streamed body is being sent: its end, not teardown, closes the sessions.
-        self.streaming = False
         #: The fork generation of the process that opened the sessions.
         self.generation = fork_generation()
 
@@ -120,6 +110,23 @@ def current_context() -> Context:
     if ctx is None:
         raise RuntimeError(NO_CONTEXT_MESSAGE)
     return ctx
+
+
+def current_scope() -> tuple[Context, ContextScope]:
+    """The context that owns ``db.session`` right now and its scope, made on
+    first need: :func:`current_context` and :func:`ensure_scope` in one
+    call, for ``db.session``, which runs this on every use.
+
+    Raises :class:`RuntimeError` outside any app context.
+    """
+    ctx = _flask_internals.current_context()
+    if ctx is None:
+        raise RuntimeError(NO_CONTEXT_MESSAGE)
+    scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
+    if scope is None:
+        scope = ContextScope()
+        setattr(ctx, SCOPE_ATTRIBUTE, scope)
+    return ctx, scope
 
 
 def scope_of(ctx: Context) -> ContextScope | None:

@@ -21,7 +21,7 @@ def check_headers_sendable(response: Response) -> None:
     """Raise ValueError naming the first header whose value HTTP cannot
     carry (a character outside latin-1, as in a non-ASCII file name in
     ``Content-Disposition``)."""
-    for name, value in response.headers.items():
+    for name, value in response.headers:  # (name, value) pairs, without items()'s generator
         if value.isascii():
             continue
         try:

@@ -3,10 +3,12 @@ place, chosen by what the installed SQLAlchemy offers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 
 def transaction_connections(session: Session) -> list[Connection]:
@@ -15,12 +17,36 @@ def transaction_connections(session: Session) -> list[Connection]:
     transaction = session.get_transaction()
     if transaction is None:
         return []
-    connections = getattr(transaction, "connections", None)  # public from SQLAlchemy 2.1
-    if connections is not None:
-        return list(connections)
-    # SQLAlchemy 2.0: {bind or connection: (connection, transaction, should_commit, autoclose)}
-    entries = transaction._connections.values()
-    return list({id(entry[0]): entry[0] for entry in entries}.values())
+    return list(dict.fromkeys(root_connections(transaction)))
+
+
+def root_connections(transaction: SessionTransaction) -> Iterable[Connection]:
+    """The connections of ``transaction``, a root transaction (as
+    ``session.get_transaction()`` returns), possibly each more than once.
+
+    Read from the transaction's ``_connections`` mapping, which SQLAlchemy
+    2.0 and 2.1 both keep (bind and connection alike map to
+    ``(connection, transaction, should_commit, autoclose)``): this runs at
+    the end of every request that used its session, and 2.1's public
+    ``connections`` costs several calls more. The public attribute is the
+    fallback."""
+    entries = getattr(transaction, "_connections", None)
+    if entries is None:
+        return transaction.connections
+    return map(_FIRST, entries.values())
+
+
+_FIRST = itemgetter(0)
+
+
+def has_pending_changes(session: Session) -> bool:
+    """``bool(session.new or session.dirty or session.deleted)``, without
+    building the three sets: it is asked at the end of every request that
+    used its session. Objects modified but deleted count once either way."""
+    try:
+        return bool(session._new or session._deleted or session.identity_map._modified)
+    except AttributeError:  # a SQLAlchemy that renamed them
+        return bool(session.new or session.dirty or session.deleted)
 
 
 def in_autocommit(dialect: Dialect, dbapi_connection: Any) -> bool:
@@ -38,3 +64,31 @@ def in_autocommit(dialect: Dialect, dbapi_connection: Any) -> bool:
     if get_autocommit is not None:
         return bool(get_autocommit())
     return bool(getattr(dbapi_connection, "autocommit", False))
+
+
+#: The dialect methods through which every statement, COMMIT and ROLLBACK
+#: of an engine reaches the driver (:mod:`._driver_calls`).
+DRIVER_METHODS = ("do_execute", "do_executemany", "do_execute_no_params", "do_commit", "do_rollback")
+
+
+def replace_dialect_methods(
+    dialect: Dialect, wrap: Callable[[Callable[..., Any], str], Callable[..., Any]]
+) -> Callable[[], None]:
+    """Replace each of ``DRIVER_METHODS`` on the dialect object ``dialect``
+    (not its class) with ``wrap(current_method, name)``; returns the
+    function that puts back what was there. SQLAlchemy calls these methods
+    on the engine's dialect after every event listener, and the pool's
+    reset on return calls ``do_rollback`` on the same object."""
+    previous: dict[str, Any] = {}
+    for name in DRIVER_METHODS:
+        previous[name] = vars(dialect).get(name)  # None: the class's own method
+        setattr(dialect, name, wrap(getattr(dialect, name), name))
+
+    def restore() -> None:
+        for name, method in previous.items():
+            if method is None:
+                delattr(dialect, name)
+            else:
+                setattr(dialect, name, method)
+
+    return restore

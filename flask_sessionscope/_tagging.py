@@ -5,7 +5,8 @@ that the DBA who sees a statement in ``pg_stat_activity``, the slow query
 log or ``SHOW PROCESSLIST`` knows which page to look at.
 
 The comment is appended to the SQL the driver gets, after SQLAlchemy's
-statement cache: the same route sends the same SQL text each time, so
+statement cache and after every event listener (so the read-only checks
+judge the statement without it; see :mod:`._driver_calls`): the same route sends the same SQL text each time, so
 psycopg's prepared statements and the server's plan caches keep working. A
 request id (a further opt-in) makes every request's text different, which
 stops that (see docs/observability.md).
@@ -22,18 +23,15 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Flask
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from . import _flask_internals
-from ._connection_state import APPENDED_COMMENT
+from ._driver_calls import add_tagger
 from ._errors import ConfigurationError
 
 TAG_KEY = "SESSIONSCOPE_TAG_STATEMENTS"
 REQUEST_ID_KEY = "SESSIONSCOPE_TAG_REQUEST_ID"
 _TAG_ATTRIBUTE = "_flask_sessionscope_tag"
-#: Parameter styles whose drivers read "%" in the SQL as a placeholder.
-_PERCENT_STYLES = frozenset({"format", "pyformat"})
 
 
 @dataclass(frozen=True)
@@ -73,27 +71,22 @@ def install(app: Flask, settings: TagSettings, engines: Iterable[Engine]) -> Non
     """Append the request's tag to every statement ``engines`` send in the
     app's requests."""
 
-    def tag(
-        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> tuple[str, Any]:
+    def tag(interpolated: bool) -> str | None:
         ctx = _flask_internals.request_context()
         if ctx is None or ctx.app is not app:
-            return statement, parameters
+            return None
         comment: str | None = getattr(ctx, _TAG_ATTRIBUTE, None)
         if comment is None:
             comment = _comment_for(ctx, settings)
             setattr(ctx, _TAG_ATTRIBUTE, comment)
-        if conn.dialect.paramstyle in _PERCENT_STYLES and not (context is not None and context.no_parameters):
+        if interpolated:
             # The driver interpolates parameters into the SQL with "%": the
             # comment's URL-encoded "%" must reach the server as itself.
-            comment = comment.replace("%", "%%")
-        if context is not None:
-            # The read-only checks judge the statement without it.
-            setattr(context, APPENDED_COMMENT, comment)
-        return statement + comment, parameters
+            return comment.replace("%", "%%")
+        return comment
 
     for engine in engines:
-        event.listen(engine, "before_cursor_execute", tag, retval=True)
+        add_tagger(engine, tag)
 
 
 def _comment_for(ctx: Any, settings: TagSettings) -> str:

@@ -1,10 +1,9 @@
-"""The Flask-DebugToolbar panel in a real browser (Debian's headless
-Chromium through Playwright, as tests/example_app/test_browser.py): a page
+"""The Flask-DebugToolbar panel in a real browser (``tests/browser.py``'s
+headless Chromium, as in tests/example_app/test_browser.py): a page
 with a lazy-loading loop shows its statements and the N+1 finding."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from werkzeug.serving import make_server
 
 from flask_sessionscope import SessionScope
 
+from .browser import chromium
 from .conftest import CONTEXT_FIRST
-from .example_app.test_browser import CHROMIUM, CHROMIUM_ARGS, _skip_or_fail
+from .library import Base, Book, add_books
 
 pytest.importorskip("flask_debugtoolbar", reason="needs Flask-DebugToolbar (the 'test' extra)")
 pytestmark = pytest.mark.skipif(
@@ -28,24 +27,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 BOOKS = 12
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Author(Base):
-    __tablename__ = "tb_authors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(64))
-
-
-class Book(Base):
-    __tablename__ = "tb_books"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(sa.String(64))
-    author_id: Mapped[int] = mapped_column(sa.ForeignKey("tb_authors.id"))
-    author: Mapped[Author] = relationship()
 
 
 def create_app(url: str) -> Flask:
@@ -65,7 +46,7 @@ def create_app(url: str) -> Flask:
     with app.app_context():
         db.create_all()
         with db.sessionmaker() as session, session.begin():
-            session.add_all(Book(title=f"b{n}", author=Author(name=f"a{n}")) for n in range(BOOKS))
+            add_books(session, BOOKS)
 
     @app.get("/books")
     def books() -> str:
@@ -77,16 +58,8 @@ def create_app(url: str) -> Flask:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        _skip_or_fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("the playwright package is missing (pip install -e '.[test]')")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def test_panel_shows_statements_and_the_n_plus_one_finding(browser: Any, tmp_path: Path) -> None:
@@ -105,10 +78,10 @@ def test_panel_shows_statements_and_the_n_plus_one_finding(browser: Any, tmp_pat
         content.wait_for(state="visible")
         assert "N+1 findings" in content.inner_text()
         finding = content.locator("h4.sessionscope-n-plus-one + ul li").inner_text()
-        assert finding.startswith(f"{BOOKS} runs of SELECT tb_authors.id")
+        assert finding.startswith(f"{BOOKS} runs of SELECT library_authors.id")
         rows = content.locator("table.sessionscope-statements tbody tr")
         assert rows.count() == BOOKS + 1
-        assert "FROM tb_books" in rows.nth(0).inner_text()
+        assert "FROM library_books" in rows.nth(0).inner_text()
     finally:
         server.shutdown()
         thread.join()

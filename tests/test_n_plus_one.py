@@ -10,33 +10,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+from sqlalchemy.orm import selectinload
 
 from flask_sessionscope import ConfigurationError, NPlusOneError, SessionScope
 
 from .conftest import AppFactory
+from .library import Base, Book, add_books
 
 BOOKS = 12
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Author(Base):
-    __tablename__ = "n1_authors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(64))
-
-
-class Book(Base):
-    __tablename__ = "n1_books"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(sa.String(64))
-    author_id: Mapped[int] = mapped_column(sa.ForeignKey("n1_authors.id"))
-    author: Mapped[Author] = relationship()
-
-
 LAZY_LINE = "names.append(book.author.name)  # the lazy load"
 
 
@@ -50,7 +31,7 @@ def library(make_app: AppFactory) -> Iterator[Any]:
         with app.app_context():
             Base.metadata.create_all(db.engine)
             with db.sessionmaker() as session, session.begin():
-                session.add_all(Book(title=f"b{n}", author=Author(name=f"a{n}")) for n in range(BOOKS))
+                add_books(session, BOOKS)
 
         @app.get("/lazy")
         def lazy() -> list[str]:
@@ -89,7 +70,7 @@ def test_lazy_loading_loop_is_logged_once(library: Any, caplog: pytest.LogCaptur
     line = int(finding.split(f"{__file__}:", 1)[1].split(" ", 1)[0])
     with open(__file__) as source:
         assert LAZY_LINE in source.read().splitlines()[line - 1]
-    assert "FROM n1_authors" in finding
+    assert "FROM library_authors" in finding
 
 
 def test_selectinload_page_is_not_a_finding(library: Any, caplog: pytest.LogCaptureFixture) -> None:

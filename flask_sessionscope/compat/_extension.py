@@ -8,12 +8,13 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.orm
-from flask import Flask, abort
+from flask import Flask
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 
 from .._errors import ConfigurationError
 from .._extension import SessionScope
+from .._not_found import found_or_404
 from .._schema import ALL_BINDS
 from .._settings import Settings
 from ._config import RECORD_QUERIES_KEY, TRACK_MODIFICATIONS_KEY, read_compat_settings
@@ -218,12 +219,7 @@ class SQLAlchemy(SessionScope):
 
     def get_or_404(self, entity: type[T], ident: Any, *, description: str | None = None, **kwargs: Any) -> T:
         """``db.session.get(entity, ident, **kwargs)``, or a 404 when there is no such row."""
-        if not kwargs:
-            return super().get_or_404(entity, ident, description=description)
-        found = self.session.get(entity, ident, **kwargs)
-        if found is None:
-            abort(404, description=description)
-        return found
+        return found_or_404(self.session.get(entity, ident, **kwargs), description)
 
     # -- engines -------------------------------------------------------------
 

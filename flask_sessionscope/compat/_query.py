@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy.orm
 from flask import abort
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
+from .._not_found import found_or_404, one_or_404
 from .._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments
 
 T = TypeVar("T")
@@ -23,25 +23,17 @@ class Query(sqlalchemy.orm.Query[T]):
     def get_or_404(self, ident: Any, description: str | None = None) -> T:
         """The object with primary key ``ident``, or a 404 response
         (``description`` is the error page's text)."""
-        found = self.session.get(self._only_entity(), ident)
-        if found is None:
-            abort(404, description=description)
-        return found  # type: ignore[no-any-return]
+        found: T | None = self.session.get(self._only_entity(), ident)
+        return found_or_404(found, description)
 
     def first_or_404(self, description: str | None = None) -> T:
         """The query's first result, or a 404 response when there is none."""
-        found = self.first()
-        if found is None:
-            abort(404, description=description)
-        return found
+        return found_or_404(self.first(), description)
 
     def one_or_404(self, description: str | None = None) -> T:
         """The query's only result, or a 404 response when it has none or
         several."""
-        try:
-            return self.one()
-        except (NoResultFound, MultipleResultsFound):
-            abort(404, description=description)
+        return one_or_404(self.one, description)
 
     def paginate(
         self,

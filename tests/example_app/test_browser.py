@@ -2,14 +2,12 @@
 Playwright, against the example app served by a real HTTP server on a free
 localhost port, on a fresh SQLite file.
 
-Playwright's own browser download cannot work here, so the test uses
-``/usr/bin/chromium`` (``apt-get install chromium``). Without it the test
-skips, except under ``CI=true``, where it fails.
+The browser is ``tests/browser.py``'s (``/usr/bin/chromium``); without it
+the test skips, except under ``CI=true``, where it fails.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,41 +22,16 @@ from werkzeug.serving import make_server
 from example_app import create_app
 from example_app.extensions import db
 
-from ..conftest import IN_CI
+from ..browser import chromium
 from .conftest import balances, transfer_count
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-
-
-def _skip_or_fail(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true requires the browser test to run: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        _skip_or_fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("the playwright package is missing (pip install -e '.[test]')")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
