@@ -661,3 +661,36 @@ def test_bad_attempts_are_refused_naming_the_argument(attempts: Any) -> None:
     db = SessionScope()
     with pytest.raises(ValueError, match=r"db\.retry\(\): attempts"):
         db.retry(attempts=attempts)
+
+
+@pytest.mark.parametrize(("size", "runs_expected"), [(100, 2), (101, 1), (300, 1)])
+def test_a_chunked_body_is_kept_up_to_the_limit(
+    server_app: AppFactory,
+    observer: sa.Engine,
+    serve: Any,  # noqa: F811
+    size: int,
+    runs_expected: int,
+) -> None:
+    """A body sent with ``Transfer-Encoding: chunked`` has no length to
+    judge by: it is read up to the limit; past it the view gets the whole
+    body all the same, and the request is not retried."""
+    app, db = server_app(
+        SESSIONSCOPE_RETRY_ATTEMPTS=2, SESSIONSCOPE_RETRY_BACKOFF=0, SESSIONSCOPE_RETRY_BODY_LIMIT=100
+    )
+    bodies: list[bytes] = []
+
+    @app.post("/upload")
+    def upload() -> tuple[str, int]:
+        bodies.append(request.get_data())
+        if len(bodies) == 1:
+            conflict(db.session, observer)
+        return "stored", 201
+
+    sent = bytes(range(256)) * 2
+    sent = sent[:size]
+    conn = http.client.HTTPConnection("127.0.0.1", serve(app), timeout=30)
+    conn.request("POST", "/upload", body=iter([sent[:30], sent[30:]]), encode_chunked=True)
+    status = conn.getresponse().status
+    conn.close()
+    assert status == (201 if runs_expected == 2 else 503)
+    assert bodies == [sent] * runs_expected
