@@ -255,26 +255,40 @@ class _HeldResponse:
     """The ``start_response`` given to one attempt: keeps the status line
     until the attempt is known to be the last."""
 
-    __slots__ = ("args", "sent", "start_response")
+    __slots__ = ("args", "sent", "start_response", "write")
 
     def __init__(self, start_response: StartResponse) -> None:
         self.start_response = start_response
         self.args: tuple[Any, ...] | None = None
         self.sent = False
+        #: The server's ``write()``, once the status line is passed on.
+        self.write: Callable[[bytes], object] | None = None
 
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], object]:
         self.args = (status, headers, exc_info)
+        if self.sent:  # called while the body is sent: the attempt is over
+            self.sent = False
+            self.send()
         return self._write
 
-    def _write(self, data: bytes) -> object:  # the legacy write() callable: sends at once
-        return self.send()(data)
+    def _write(self, data: bytes) -> object:
+        """The legacy ``write()`` callable: the body goes out now, so the
+        attempt is the last."""
+        if self.write is None:
+            self.send()
+        assert self.write is not None, "write() called before start_response()"
+        return self.write(data)
 
-    def send(self) -> Callable[[bytes], object]:
-        """Pass the status line on to the server."""
-        assert self.args is not None, "the app returned without calling start_response"
+    def send(self) -> None:
+        """Pass the status line on to the server; if the app has not given
+        it yet (a middleware that calls ``start_response`` at the body's
+        first chunk), pass it on when it does."""
+        if self.sent:
+            return
         self.sent = True
-        status, headers, exc_info = self.args
-        return self.start_response(status, headers, exc_info)
+        if self.args is not None:
+            status, headers, exc_info = self.args
+            self.write = self.start_response(status, headers, exc_info)
 
 
 class RetryingApp:

@@ -694,3 +694,28 @@ def test_a_chunked_body_is_kept_up_to_the_limit(
     conn.close()
     assert status == (201 if runs_expected == 2 else 503)
     assert bodies == [sent] * runs_expected
+
+
+def test_middleware_that_starts_the_response_late_or_writes_still_answers(tmp_path: Any) -> None:
+    """WSGI lets an app call ``start_response`` at its body's first chunk,
+    and send data with the ``write()`` it returns; the retry's wrapper passes
+    both on."""
+    app = Flask(__name__)
+    app.config.update(
+        SESSIONSCOPE_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", SESSIONSCOPE_RETRY_ATTEMPTS=2
+    )
+
+    def late(environ: Any, start_response: Any) -> Iterator[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written, ")
+        yield b"then yielded"
+
+    app.wsgi_app = late  # type: ignore[method-assign, assignment]
+    db = SessionScope(app)
+    try:
+        response = app.test_client().get("/")
+        assert response.status_code == 200
+        assert response.get_data() == b"written, then yielded"
+    finally:
+        with app.app_context():
+            db.engine.dispose()
