@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 from flask import Flask, Response, abort, current_app, got_request_exception, has_app_context, request
 from flask.ctx import AppContext
@@ -433,12 +433,19 @@ class SessionScope:
         """
         return _wrap_view(view, _mark_read_only)
 
-    def retry(self, *, attempts: int = 3) -> Callable[[View], View]:
+    @overload
+    def retry(self, view: View, /) -> View: ...
+
+    @overload
+    def retry(self, view: None = None, /, *, attempts: int = 3) -> Callable[[View], View]: ...
+
+    def retry(self, view: Callable[..., Any] | None = None, /, *, attempts: int = 3) -> Any:
         """View decorator: a request of this view whose transaction fails
         with a serialization failure or a deadlock (SQLSTATE 40001, 40P01;
         MySQL/MariaDB 1213, 1205) is run again from the start, up to
-        ``attempts`` times in all, instead of being answered 503; it
-        overrides ``SESSIONSCOPE_RETRY_ATTEMPTS`` for the view (1: never).
+        ``attempts`` times in all (3 for a bare ``@db.retry``), instead of
+        being answered 503; it overrides ``SESSIONSCOPE_RETRY_ATTEMPTS``
+        for the view (1: never).
 
         Only while nothing of the attempt was committed or sent: see
         "Retrying a request" in docs/reliability.md. The view is not
@@ -446,6 +453,8 @@ class SessionScope:
         decorator on.
         """
         attempts = _retry.check_attempts(attempts, "db.retry()")
+        if view is not None and not callable(view):
+            raise TypeError(f"db.retry() takes attempts by keyword: @db.retry(attempts={view!r})")
 
         def decorate(view: View) -> View:
             setattr(view, _retry.VIEW_ATTRIBUTE, attempts)
@@ -455,7 +464,7 @@ class SessionScope:
                     _retry.enable(app)
             return view
 
-        return decorate
+        return decorate if view is None else decorate(view)
 
     def first_chunk_before_commit(self, view: View) -> View:
         """View decorator for views that return a streamed body: its first

@@ -117,7 +117,7 @@ def test_a_failing_view_runs_exactly_n_times_then_answers_503(
     runs: list[int] = []
 
     @app.post("/always")
-    @db.retry(attempts=3)
+    @db.retry  # bare: 3 attempts
     def always() -> str:
         runs.append(1)
         conflict(db.session, observer)
@@ -719,3 +719,8 @@ def test_middleware_that_starts_the_response_late_or_writes_still_answers(tmp_pa
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_attempts_given_by_position_are_refused_with_the_spelling_to_use() -> None:
+    with pytest.raises(TypeError, match=r"@db\.retry\(attempts=3\)"):
+        SessionScope().retry(3)  # type: ignore[call-overload]
