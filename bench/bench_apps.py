@@ -195,6 +195,11 @@ def sessionscope_server_timing(url: str, engine_options: dict[str, Any]) -> Flas
     return _sessionscope(url, engine_options, read_only=False, SESSIONSCOPE_SERVER_TIMING=True)
 
 
+def sessionscope_retry(url: str, engine_options: dict[str, Any]) -> Flask:
+    """This project running requests again after a conflict (whole-request retry)."""
+    return _sessionscope(url, engine_options, read_only=False, SESSIONSCOPE_RETRY_ATTEMPTS=3)
+
+
 def sessionscope_tags(url: str, engine_options: dict[str, Any]) -> Flask:
     """This project tagging every statement with the request's route and endpoint."""
     return _sessionscope(url, engine_options, read_only=False, SESSIONSCOPE_TAG_STATEMENTS=True)

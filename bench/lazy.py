@@ -28,7 +28,9 @@ view through ``app.wsgi_app`` (body consumed and closed):
   design that commits before the response and closes at teardown would
   register (the extension wraps two methods of the app instead);
 - the hand-written pattern of ``bench_apps.py`` (one teardown hook);
-- flask-sessionscope with its default configuration.
+- flask-sessionscope with its default configuration;
+- flask-sessionscope with ``SESSIONSCOPE_RETRY_ATTEMPTS = 3``: what the
+  retry's wrapper of ``app.wsgi_app`` costs a request (off, it is not there).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ APPS: dict[str, tuple[str, Callable[[str, dict[str, Any]], Flask]]] = {
     "hooks": ("Flask + 2 no-op hooks", _two_noop_hooks),
     "handwritten": ("hand-written pattern (1 hook)", bench_apps.hand_written),
     "sessionscope": ("flask-sessionscope, defaults", bench_apps.sessionscope_defaults),
+    "retry": ("flask-sessionscope, retry on", bench_apps.sessionscope_retry),
 }
 TARGET = 1.05
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 from flask import Flask, Response, current_app, got_request_exception, has_app_context, request
 from flask.ctx import AppContext
@@ -28,6 +28,7 @@ from . import (
     _guards,
     _n_plus_one,
     _on_commit,
+    _retry,
     _tagging,
     _worker_databases,
 )
@@ -145,6 +146,9 @@ class SessionScope:
     app gets its own engines and a single sessionmaker.
     """
 
+    #: Set once a view of this instance is decorated with ``@retry``.
+    _views_retry = False
+
     def __init__(self, app: Flask | None = None, *, metadata: MetadataArgument = None) -> None:
         self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self._metadatas = metadata_by_bind(metadata)
@@ -235,6 +239,7 @@ class SessionScope:
             _n_plus_one.install(app, n_plus_one_settings, all_engines)
         if tag_settings is not None:
             _tagging.install(app, tag_settings, all_engines)
+        _retry.configure(app, all_engines, self._views_retry)
         got_request_exception.connect(_end_failed_request, app, weak=False)
         app.shell_context_processor(self._shell_context)
         if settings.read_only_safe_methods:
@@ -333,6 +338,28 @@ class SessionScope:
                 close_quietly(session)
         _on_commit.run(committed)
 
+    def run_in_transaction(self, fn: Callable[..., T], /, *args: Any, attempts: int = 3, **kwargs: Any) -> T:
+        """Call ``fn(session, *args, **kwargs)`` in a :meth:`transaction`
+        block and return what it returns; when the block fails with a
+        serialization failure or a deadlock (SQLSTATE 40001, 40P01;
+        MySQL/MariaDB 1213, 1205), in ``fn``, at a flush or at its COMMIT,
+        run ``fn`` again in a new block, up to ``attempts`` times in all,
+        after a short random wait (``SESSIONSCOPE_RETRY_BACKOFF``). The
+        last attempt's error is raised.
+
+        ``fn`` must do nothing but database work through its session (or
+        ``db.session``, which is the block's while it runs): anything else
+        it does is done again. Inside another block it is a SAVEPOINT, run
+        once: a conflict aborts the outer transaction, which only the
+        outer block can run again.
+        """
+        attempts = _retry.check_attempts(attempts, "db.run_in_transaction()")
+        ctx = current_context()
+        scope = ensure_scope(ctx)
+        outermost = current_block(scope) is None
+        backoff = _retry.backoff_of(ctx.app)
+        return _retry.run_in_transaction(self.transaction, outermost, fn, args, kwargs, attempts, backoff)
+
     def on_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` (no arguments) once the current unit of work is
         committed, or never if it is rolled back.
@@ -406,6 +433,39 @@ class SessionScope:
         rolled back.
         """
         return _wrap_view(view, _mark_read_only)
+
+    @overload
+    def retry(self, view: View, /) -> View: ...
+
+    @overload
+    def retry(self, view: None = None, /, *, attempts: int = 3) -> Callable[[View], View]: ...
+
+    def retry(self, view: Callable[..., Any] | None = None, /, *, attempts: int = 3) -> Any:
+        """View decorator: a request of this view whose transaction fails
+        with a serialization failure or a deadlock (SQLSTATE 40001, 40P01;
+        MySQL/MariaDB 1213, 1205) is run again from the start, up to
+        ``attempts`` times in all (3 for a bare ``@db.retry``), instead of
+        being answered 503; it overrides ``SESSIONSCOPE_RETRY_ATTEMPTS``
+        for the view (1: never).
+
+        Only while nothing of the attempt was committed or sent: see
+        "Retrying a request" in docs/reliability.md. The view is not
+        wrapped; the app's ``wsgi_app`` is, from the first use of this
+        decorator on.
+        """
+        attempts = _retry.check_attempts(attempts, "db.retry()")
+        if view is not None and not callable(view):
+            raise TypeError(f"db.retry() takes attempts by keyword: @db.retry(attempts={view!r})")
+
+        def decorate(view: View) -> View:
+            setattr(view, _retry.VIEW_ATTRIBUTE, attempts)
+            if not self._views_retry:
+                self._views_retry = True
+                for app in list(self._states):
+                    _retry.enable(app)
+            return view
+
+        return decorate if view is None else decorate(view)
 
     def first_chunk_before_commit(self, view: View) -> View:
         """View decorator for views that return a streamed body: its first

@@ -26,7 +26,7 @@ from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from . import _flask_internals
+from . import _flask_internals, _retry
 from ._flask_internals import Context
 
 logger = logging.getLogger("flask_sessionscope")
@@ -180,7 +180,8 @@ def failure_response(ctx: Context, error: BaseException) -> Response | None:
         logger.error("commit outcome unknown: %s", _summary(error.__cause__ or error))
         answer: HTTPException = CommitOutcomeUnknown()
     elif is_unavailability(error):
-        logger.warning("database unavailable, answering 503: %s", _summary(error))
+        if not _retry.note_failure(error):  # a request run again logs its retry instead
+            logger.warning("database unavailable, answering 503: %s", _summary(error))
         answer = DatabaseUnavailable(retry_after=RETRY_AFTER)
     else:
         cause = misconfiguration(error)

@@ -11,7 +11,6 @@ callbacks registered by the function run after that commit.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 from flask import Flask
 
 from ._failures import CommitInterrupted, is_unavailability
+from ._retry import retry_delay
 
 T = TypeVar("T")
 
@@ -49,15 +49,6 @@ def is_retryable(error: BaseException) -> bool:
     during COMMIT is not: the work may be stored, and running it again could
     do it twice."""
     return not isinstance(error, CommitInterrupted) and is_unavailability(error)
-
-
-def retry_delay(
-    retries: int, backoff: float = RETRY_BACKOFF, backoff_max: float = RETRY_BACKOFF_MAX
-) -> float:
-    """Seconds to wait before retry number ``retries + 1``: exponential,
-    capped, with jitter."""
-    full = min(backoff_max, backoff * 2.0**retries)
-    return full / 2 + random.random() * full / 2
 
 
 def run_with_retries(

@@ -28,7 +28,8 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask, current_app, has_app_context
 
-from ._jobs import MAX_RETRIES, RETRY_BACKOFF, RETRY_BACKOFF_MAX, is_retryable, retry_delay, run_unit_of_work
+from ._jobs import MAX_RETRIES, RETRY_BACKOFF, RETRY_BACKOFF_MAX, is_retryable, run_unit_of_work
+from ._retry import retry_delay
 
 __all__ = ["UnitOfWorkTask", "celery_init_app", "task_class"]
 

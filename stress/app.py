@@ -12,6 +12,9 @@ separate process (``stress.app:create_app()``):
 - ``STRESS_JOBS_PATH`` (required): the file the "jobs" go to, one line
   with the key per job, appended by the ``db.on_commit`` callback of a
   write asked with ``job=1``.
+- ``STRESS_RETRY_ATTEMPTS`` ("1"): ``SESSIONSCOPE_RETRY_ATTEMPTS``, how many
+  times a request that meets a serialization failure or a deadlock runs;
+  ``STRESS_RETRY_BACKOFF`` ("0.02"): ``SESSIONSCOPE_RETRY_BACKOFF``.
 - ``STRESS_WARM_POOL`` ("0"): open a connection while the app is built; with
   gunicorn ``--preload`` the parent then holds a pooled connection when it
   forks the workers, which must never use it.
@@ -137,6 +140,8 @@ def create_app() -> Flask:
         "pool_pre_ping": _env_flag("STRESS_PRE_PING"),
         "connect_args": {"application_name": APPLICATION_NAME, "connect_timeout": 2},
     }
+    app.config["SESSIONSCOPE_RETRY_ATTEMPTS"] = int(os.environ.get("STRESS_RETRY_ATTEMPTS", "1"))
+    app.config["SESSIONSCOPE_RETRY_BACKOFF"] = float(os.environ.get("STRESS_RETRY_BACKOFF", "0.02"))
     db = SessionScope(app)
     # O_APPEND: each job is one write of one short line, whole even when
     # workers and threads append at the same time.

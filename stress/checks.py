@@ -78,6 +78,10 @@ class Report:
     stored_rows: int = 0
     serial_stored: int = 0
     tally: int = 0
+    #: 503s answered for a serialization failure or a deadlock (server log).
+    conflict_503s: int = 0
+    #: Requests run again after one (the retry's log lines).
+    retries: int = 0
 
     @property
     def failures(self) -> int:
@@ -253,6 +257,7 @@ def classify_record(record: dict[str, object]) -> str | None:
       connection the master opened before the fork (``--preload``): the
       worker drops it unused and psycopg leaves another process's connection
       alone, which is the point of fork safety;
+    - a request run again after a conflict (``--retry``);
     - a record from ``flask_sessionscope`` or SQLAlchemy's pool whose
       exception is a disconnect (a killed backend or a restart, found while
       rolling back or closing), or with no exception at WARNING or below.
@@ -272,6 +277,9 @@ def classify_record(record: dict[str, object]) -> str | None:
         if exc_type == "sqlalchemy.exc.IntegrityError":
             return "unique violation at commit (dup)"
         return None
+    if logger == "flask_sessionscope" and message.startswith("retrying request"):
+        cause = message.partition("failed with a ")[2].partition(";")[0]
+        return f"flask_sessionscope WARNING: retrying a request after a {cause}"
     if logger == "flask_sessionscope" or logger.startswith("sqlalchemy.pool"):
         if DISCONNECTS & set(mro):
             return f"{logger} {record.get('level')}: {message[:60]} [{exc_type}]"
@@ -291,6 +299,8 @@ def check_server_log(text: str, report: Report, limit: int = 20) -> None:
         except ValueError:
             record = None
         kind = classify_record(record) if isinstance(record, dict) else None
+        if isinstance(record, dict):
+            _count_conflicts(record, report)
         if kind is not None:
             report.log_kinds[kind] += 1
             continue
@@ -302,6 +312,21 @@ def check_server_log(text: str, report: Report, limit: int = 20) -> None:
         report.leaks.append(f"unexpected server log: {_shorten(line)}")
     if len(unexpected) > limit:
         report.leaks.append(f"... and {len(unexpected) - limit} more unexpected server log lines")
+
+
+#: The names psycopg gives the errors of SQLSTATE 40001 and 40P01.
+CONFLICT_ERRORS = ("SerializationFailure", "DeadlockDetected")
+
+
+def _count_conflicts(record: dict[str, object], report: Report) -> None:
+    """Count the 503s answered for a conflict, and the retries made after one."""
+    if record.get("logger") != "flask_sessionscope":
+        return
+    message = str(record.get("message", ""))
+    if message.startswith("retrying request"):
+        report.retries += 1
+    elif "answering 503" in message and any(name in message for name in CONFLICT_ERRORS):
+        report.conflict_503s += 1
 
 
 def _shorten(line: str) -> str:

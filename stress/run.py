@@ -98,6 +98,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="main",
         help="the pg_ctlcluster cluster --restart restarts (default main); it must be the server of --server-url",
     )
+    parser.add_argument(
+        "--retry",
+        type=int,
+        default=1,
+        help="the app's SESSIONSCOPE_RETRY_ATTEMPTS: requests that meet a serialization failure or"
+        " a deadlock are run up to this many times (default 1: no retry)",
+    )
+    parser.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=0.02,
+        help="the app's SESSIONSCOPE_RETRY_BACKOFF in seconds (default 0.02)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the clients' random choices")
     parser.add_argument(
         "--server-url", default=SERVER_URL, help="PostgreSQL URL to create the run's database with"
@@ -152,6 +165,8 @@ def start_server(
         "STRESS_PRE_PING": "1" if args.pre_ping else "0",
         "STRESS_WARM_POOL": "1" if args.preload else "0",
         "STRESS_JOBS_PATH": str(jobs_path),
+        "STRESS_RETRY_ATTEMPTS": str(args.retry),
+        "STRESS_RETRY_BACKOFF": str(args.retry_backoff),
         "PYTHONWARNINGS": "default",
     }
     command = [
@@ -323,7 +338,8 @@ def print_report(
         f"stress run: {len(outcomes)} requests by {args.clients} clients in {elapsed:.1f} s"
         f" ({len(outcomes) / elapsed:.0f}/s); gunicorn gthread {args.workers} workers x {args.threads}"
         f" threads; pool {args.pool_size}/worker, no overflow, timeout {args.pool_timeout} s,"
-        f" pre_ping {'on' if args.pre_ping else 'off'}, preload {'on' if args.preload else 'off'}"
+        f" pre_ping {'on' if args.pre_ping else 'off'}, preload {'on' if args.preload else 'off'},"
+        f" retry attempts {args.retry} (backoff {args.retry_backoff} s)"
     )
     print("requests by kind: " + ", ".join(f"{kind} {kinds[kind]}" for kind in MIX))
     print(
@@ -379,6 +395,10 @@ def print_report(
     print(
         f"rows stored: {report.stored_rows}; serial keys stored: {report.serial_stored},"
         f" tally of serial writes: {report.tally}"
+    )
+    print(
+        f"503s from serialization failures or deadlocks: {report.conflict_503s};"
+        f" requests run again after one: {report.retries}"
     )
     print("expected server log records:")
     for kind, count in sorted(report.log_kinds.items()):
