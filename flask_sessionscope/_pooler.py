@@ -109,7 +109,7 @@ def _adjusted_spec(spec: EngineSpec, mode: str) -> EngineSpec:
     if mode != TRANSACTION:
         return spec
     driver = spec.url.get_driver_name()
-    if driver not in _TRANSACTION_DRIVERS:
+    if driver not in _TRANSACTION_DRIVERS and _installed(spec):
         raise ConfigurationError(
             f"{spec.source} uses {spec.url.drivername!r}, which {POOLER_KEY} = {TRANSACTION!r}"
             " does not support: use psycopg ('postgresql+psycopg://') or psycopg2"
@@ -125,6 +125,16 @@ def _adjusted_spec(spec: EngineSpec, mode: str) -> EngineSpec:
         )
     options = {**spec.options, "connect_args": {**connect_args, "prepare_threshold": None}}
     return dataclasses.replace(spec, options=options)
+
+
+def _installed(spec: EngineSpec) -> bool:
+    """Whether ``spec``'s driver can be imported; when it cannot, building
+    the engine says which package to install, which comes first."""
+    try:
+        spec.url.get_dialect().import_dbapi()
+    except ImportError:
+        return False
+    return True
 
 
 def refuse_session_state(
@@ -168,26 +178,36 @@ def _begin_read_only(dbapi_connection: Any, connection_record: Any) -> None:
         dbapi_connection.readonly = True
 
 
-#: Statements that leave state on the session (the server connection), and
-#: what to use instead; judged on the SQL the driver gets, lower-cased.
-_SESSION_STATE = (
-    (re.compile(r"\s*set\s+(?!local\b|transaction\b|constraints\b)"), "SET LOCAL"),
-    (re.compile(r"\s*(?:reset|discard)\b"), "SET LOCAL, which ends with the transaction"),
-    (re.compile(r"\s*(?:listen|unlisten|load)\b"), None),
-    (re.compile(r"\s*(?:prepare|deallocate)\b"), None),
-    (re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\("), "pg_advisory_xact_lock()"),
-    (re.compile(r"\bset_config\s*\([^;]*,\s*false\s*\)"), "set_config(..., true)"),
-    (re.compile(r"\bwith\s+hold\b"), "a cursor WITHOUT HOLD"),
+#: Commands that leave state on the session (the server connection), by
+#: what a statement starts with (the whole of it, or any part after a ";"),
+#: lower-cased: (pattern, what it is, what to use instead).
+_SESSION_COMMANDS = (
+    (re.compile(r"\s*set\s+(?!local\b|transaction\b|constraints\b)"), "a plain SET", "SET LOCAL"),
+    (re.compile(r"\s*(?:reset|discard)\b"), "RESET or DISCARD", "SET LOCAL, which ends with the transaction"),
+    (re.compile(r"\s*(?:listen|unlisten)\b"), "LISTEN", None),
+    (re.compile(r"\s*load\b"), "LOAD", None),
+    (re.compile(r"\s*(?:prepare|deallocate)\b"), "PREPARE or DEALLOCATE", None),
     (
         re.compile(
             r"\s*create\s+(?:(?:global|local)\s+)?temp(?:orary)?\s+table\b(?!.*\bon\s+commit\s+drop\b)", re.S
         ),
+        "a temporary table kept past the transaction",
         "CREATE TEMPORARY TABLE ... ON COMMIT DROP",
     ),
 )
+#: Calls and clauses that do the same anywhere in a statement.
+_SESSION_CALLS = (
+    (
+        re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\("),
+        "a session advisory lock",
+        "pg_advisory_xact_lock()",
+    ),
+    (re.compile(r"\bset_config\s*\([^;]*,\s*false\s*\)"), "set_config(..., false)", "set_config(..., true)"),
+    (re.compile(r"\bwith\s+hold\b"), "a WITH HOLD cursor", "a cursor WITHOUT HOLD"),
+)
 #: Verdicts by SQL string, as in :mod:`._guards`: SQLAlchemy hands the driver
 #: the same string object each time a cached statement runs.
-_verdicts: dict[str, str | None] = {}
+_verdicts: dict[str, str] = {}
 _MAX_VERDICTS = 1000
 
 
@@ -206,12 +226,20 @@ def refuse_session_level_sql(statement: str) -> None:
 
 def _judge(lowered: str) -> str:
     """The refusal message for ``lowered``, or '' to let it through."""
-    for pattern, instead in _SESSION_STATE:
-        if pattern.match(lowered) if pattern.pattern.startswith(r"\s*") else pattern.search(lowered):
-            hint = f"; use {instead} instead" if instead else ""
-            return (
-                f"{POOLER_KEY} = {TRANSACTION!r}: refused {lowered.split(None, 1)[0].upper()!r}"
-                f" statement, which would leave session state on a server connection that the"
-                f" pooler gives to other clients after this transaction{hint}"
-            )
-    return ""  # allowed
+    found = next(
+        (
+            (what, instead)
+            for part in lowered.split(";")
+            for pattern, what, instead in _SESSION_COMMANDS
+            if pattern.match(part)
+        ),
+        None,
+    ) or next(((what, instead) for pattern, what, instead in _SESSION_CALLS if pattern.search(lowered)), None)
+    if found is None:
+        return ""
+    what, instead = found
+    return (
+        f"{POOLER_KEY} = {TRANSACTION!r}: refused {what}, which would leave session state on a"
+        " server connection that the pooler gives to other clients after this transaction"
+        + (f"; use {instead} instead" if instead else "")
+    )

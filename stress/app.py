@@ -137,6 +137,7 @@ def create_app() -> Flask:
         "pool_pre_ping": _env_flag("STRESS_PRE_PING"),
         "connect_args": {"application_name": APPLICATION_NAME, "connect_timeout": 2},
     }
+    app.config["SESSIONSCOPE_POOLER"] = os.environ.get("STRESS_POOLER") or None
     db = SessionScope(app)
     # O_APPEND: each job is one write of one short line, whole even when
     # workers and threads append at the same time.
