@@ -11,6 +11,7 @@ not hand it to the next test.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -377,4 +378,21 @@ def test_other_backends_are_left_as_they_are(
     assert client.get("/count").json == {"count": 1}
     with app.app_context():
         Base.metadata.drop_all(db.engine)
+    _dispose(db, app)
+
+
+@pytest.mark.parametrize(
+    ("user", "password"), [("sessionscope_no_such_user", None), ("sessionscope_scram", "wrong-pw")]
+)
+def test_pgbouncer_refusing_the_login_is_a_500_not_an_outage(
+    pooled_url: URL, user: str, password: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PgBouncer checks users itself (its own list: "trust" authentication
+    failed; a password: SASL authentication failed): as with the server's
+    refusals, retrying cannot help, so no 503."""
+    app, db = _app(pooled_url.set(username=user, password=password), PROPAGATE_EXCEPTIONS=False, **POOLER)
+    with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
+        assert app.test_client().get("/count").status_code == 500
+    assert "wrong password or unknown user" in caplog.text
+    assert "wrong-pw" not in caplog.text
     _dispose(db, app)
