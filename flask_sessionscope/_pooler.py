@@ -39,6 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError
 
 from ._connection_state import create_read_only_engines as create_other_read_only_engines
 from ._connection_state import refuse_state_changing_statements
@@ -128,11 +129,12 @@ def _adjusted_spec(spec: EngineSpec, mode: str) -> EngineSpec:
 
 
 def _installed(spec: EngineSpec) -> bool:
-    """Whether ``spec``'s driver can be imported; when it cannot, building
-    the engine says which package to install, which comes first."""
+    """Whether ``spec``'s driver can be imported; when it cannot (or is not
+    a driver SQLAlchemy knows), building the engine says so, which comes
+    first."""
     try:
         spec.url.get_dialect().import_dbapi()
-    except ImportError:
+    except (ImportError, ArgumentError):
         return False
     return True
 

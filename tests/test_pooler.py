@@ -322,6 +322,10 @@ URL_WITH_PASSWORD = f"postgresql+psycopg://someone:{PASSWORD}@127.0.0.1:6432/app
             # Not installed here: the missing package is named first.
             "SESSIONSCOPE_DATABASE_URL",
         ),
+        (
+            {"SESSIONSCOPE_DATABASE_URL": URL_WITH_PASSWORD.replace("+psycopg", "+nope")},
+            "SESSIONSCOPE_DATABASE_URL: SQLAlchemy has no dialect or driver 'postgresql+nope'",
+        ),
     ],
 )
 def test_init_app_rejects_what_cannot_work_behind_a_transaction_pooler(
