@@ -171,7 +171,9 @@ def main() -> None:
                 median = statistics.median(values)
                 print(f"  {label:<46} {median * 1e6:7.0f} µs  {median / base:5.2f}x hand-written")
     for label, (xacts, queries) in sent.items():
-        print(f"  PgBouncer passed on, per request ({label}): {xacts:.2f} transactions, {queries:.2f} queries")
+        print(
+            f"  PgBouncer passed on, per request ({label}): {xacts:.2f} transactions, {queries:.2f} queries"
+        )
 
 
 if __name__ == "__main__":
