@@ -81,6 +81,7 @@ def observer(direct_url: URL) -> Iterator[Engine]:
 def _app(url: URL | str, **config: Any) -> tuple[Flask, SessionScope]:
     app = Flask(__name__)
     app.config["SESSIONSCOPE_DATABASE_URL"] = url
+    app.config["SESSIONSCOPE_POOLER"] = None  # each test says, whatever the suite's mode
     app.config.update(config)
     db = SessionScope(app)
 
