@@ -9,6 +9,7 @@ from ._errors import (
     ConfigurationError,
     ReadOnlySessionError,
     SessionScopeError,
+    SessionStateError,
     TransactionAbortedError,
 )
 from ._extension import SessionScope
@@ -28,6 +29,7 @@ __all__ = [
     "RequestFigures",
     "SessionScope",
     "SessionScopeError",
+    "SessionStateError",
     "Statement",
     "TransactionAbortedError",
     "default_commit_rule",

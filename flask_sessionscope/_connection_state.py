@@ -66,9 +66,7 @@ def create_read_only_engines(
             continue  # a pool given in the options would be shared with the app's engine
         engine = _autocommit_engine(spec)
         event.listen(engine, "connect", _read_only_at_connect(_READ_ONLY_AT_CONNECT[backend], engine.dialect))
-        for hook in ("do_execute", "do_executemany"):
-            event.listen(engine, hook, _refuse_with_parameters)
-        event.listen(engine, "do_execute_no_params", _refuse_without_parameters)
+        refuse_state_changing_statements(engine, None)
         _skip_savepoints_in_autocommit(engine.dialect)
         read_only[engines[name]] = engine
     return read_only
@@ -122,12 +120,20 @@ def _read_only_at_connect(sql: str, dialect: Dialect) -> Callable[[Any, Any], No
     return make_read_only
 
 
-def _refuse_with_parameters(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
-    _guards.refuse_state_changing_sql(statement)
+def refuse_state_changing_statements(engine: Engine, refuse: Callable[[str], None] | None) -> None:
+    """Call ``refuse`` (by default, the read-only sessions' check) on every
+    statement ``engine`` sends, as SQLAlchemy made it, before it is sent."""
+    check = refuse or _guards.refuse_state_changing_sql
 
+    def with_parameters(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+        check(statement)
 
-def _refuse_without_parameters(cursor: Any, statement: str, context: Any) -> None:
-    _guards.refuse_state_changing_sql(statement)
+    def without_parameters(cursor: Any, statement: str, context: Any) -> None:
+        check(statement)
+
+    for hook in ("do_execute", "do_executemany"):
+        event.listen(engine, hook, with_parameters)
+    event.listen(engine, "do_execute_no_params", without_parameters)
 
 
 def _skip_savepoints_in_autocommit(dialect: Dialect) -> None:

@@ -60,3 +60,17 @@ class CommitPartlyApplied(SessionScopeError):
 def describe_bind(name: str | None) -> str:
     """How messages name a bind; None is the default engine."""
     return "the default engine" if name is None else f"bind {name!r}"
+
+
+class SessionStateError(SessionScopeError):
+    """Behind a transaction pooler (``SESSIONSCOPE_POOLER = "transaction"``),
+    a statement would have left session-level state on the server
+    connection (a plain ``SET``, ``LISTEN``, ``PREPARE``, a session advisory
+    lock, a temporary table that outlives the transaction...), which the
+    pooler would hand to another client after this transaction.
+
+    Raised before the statement is sent, so the request fails (a 500) and
+    nothing is written. The message names the per-transaction form to use
+    instead, where there is one (``SET LOCAL``, ``pg_advisory_xact_lock``,
+    ``ON COMMIT DROP``).
+    """

@@ -28,6 +28,7 @@ from . import (
     _guards,
     _n_plus_one,
     _on_commit,
+    _pooler,
     _retry,
     _tagging,
     _worker_databases,
@@ -190,6 +191,8 @@ class SessionScope:
                 f"a SessionScope is already set up on {app.name!r}; call init_app once per app"
             )
         settings = self._read_settings(app)
+        pooler = _pooler.read_pooler(app.config)
+        settings = _pooler.adjust_settings(settings, pooler)
         figure_settings = _figures.read_figure_settings(app.config)
         n_plus_one_settings = _n_plus_one.read_n_plus_one_settings(app.config, app.debug)
         tag_settings = _tagging.read_tag_settings(app.config)
@@ -197,7 +200,11 @@ class SessionScope:
         if worker_databases is not None:
             settings = worker_databases.settings_for_worker(settings)
         engines = create_engines(settings.engines)
-        read_only_engines = _connection_state.create_read_only_engines(settings.engines, engines)
+        if pooler == _pooler.TRANSACTION:
+            read_only_engines = _pooler.create_read_only_engines(settings.engines, engines)
+            _pooler.refuse_session_state(settings.engines, engines)
+        else:
+            read_only_engines = _connection_state.create_read_only_engines(settings.engines, engines)
         for engine in engines.values():
             track(engine)
             watch_for_aborted_transactions(engine)

@@ -110,7 +110,7 @@ _MISCONFIGURED_PG_MESSAGES = (
     (re.compile(r'database "[^"]*" does not exist'), "unknown database"),
     (re.compile(r'role "[^"]*" does not exist'), "unknown user"),
     (
-        re.compile(r"(password|peer|ident|SCRAM) authentication failed|no password supplied"),
+        re.compile(r'(password|peer|ident|SCRAM|SASL|"trust") authentication failed|no password supplied'),
         _WRONG_CREDENTIALS,
     ),
     (re.compile(r"permission denied for database|no pg_hba\.conf entry"), _NO_ACCESS),

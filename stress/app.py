@@ -142,6 +142,7 @@ def create_app() -> Flask:
     }
     app.config["SESSIONSCOPE_RETRY_ATTEMPTS"] = int(os.environ.get("STRESS_RETRY_ATTEMPTS", "1"))
     app.config["SESSIONSCOPE_RETRY_BACKOFF"] = float(os.environ.get("STRESS_RETRY_BACKOFF", "0.02"))
+    app.config["SESSIONSCOPE_POOLER"] = os.environ.get("STRESS_POOLER") or None
     db = SessionScope(app)
     # O_APPEND: each job is one write of one short line, whole even when
     # workers and threads append at the same time.

@@ -49,6 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get(
     "SESSIONSCOPE_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+PGBOUNCER_URL = os.environ.get(
+    "SESSIONSCOPE_TEST_PGBOUNCER_URL", "postgresql+psycopg://postgres@127.0.0.1:6432/test"
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,6 +114,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.02,
         help="the app's SESSIONSCOPE_RETRY_BACKOFF in seconds (default 0.02)",
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="the app reaches PostgreSQL through PgBouncer in transaction mode (--pgbouncer-url),"
+        " with SESSIONSCOPE_POOLER = 'transaction'; faults and checks still go to the server directly",
+    )
+    parser.add_argument(
+        "--pgbouncer-url",
+        default=PGBOUNCER_URL,
+        help="PgBouncer's address, as a URL whose database part is ignored (scripts/ensure-pgbouncer.sh)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the clients' random choices")
     parser.add_argument(
         "--server-url", default=SERVER_URL, help="PostgreSQL URL to create the run's database with"
@@ -167,6 +181,7 @@ def start_server(
         "STRESS_JOBS_PATH": str(jobs_path),
         "STRESS_RETRY_ATTEMPTS": str(args.retry),
         "STRESS_RETRY_BACKOFF": str(args.retry_backoff),
+        "STRESS_POOLER": "transaction" if args.pgbouncer else "",
         "PYTHONWARNINGS": "default",
     }
     command = [
@@ -237,8 +252,12 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     cutter = None
     app_url = url
-    if args.cut_commits > 0:
-        cutter = CutterProcess((url.host or "127.0.0.1", url.port or 5432), args.cut_commits, args.seed)
+    if args.pgbouncer:
+        pgbouncer = make_url(args.pgbouncer_url)
+        app_url = url.set(host=pgbouncer.host, port=pgbouncer.port)
+    if args.cut_commits > 0:  # between the app and whatever it connects to
+        upstream = (app_url.host or "127.0.0.1", app_url.port or 5432)
+        cutter = CutterProcess(upstream, args.cut_commits, args.seed)
         cutter.start()
         app_url = url.set(host="127.0.0.1", port=cutter.port).update_query_dict(
             {"sslmode": "disable", "gssencmode": "disable"}
@@ -339,7 +358,8 @@ def print_report(
         f" ({len(outcomes) / elapsed:.0f}/s); gunicorn gthread {args.workers} workers x {args.threads}"
         f" threads; pool {args.pool_size}/worker, no overflow, timeout {args.pool_timeout} s,"
         f" pre_ping {'on' if args.pre_ping else 'off'}, preload {'on' if args.preload else 'off'},"
-        f" retry attempts {args.retry} (backoff {args.retry_backoff} s)"
+        f" retry attempts {args.retry} (backoff {args.retry_backoff} s),"
+        f" {'through PgBouncer (transaction mode)' if args.pgbouncer else 'no pooler'}"
     )
     print("requests by kind: " + ", ".join(f"{kind} {kinds[kind]}" for kind in MIX))
     print(

@@ -9,6 +9,7 @@ where it fails them: a green CI must mean the servers were exercised.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -23,6 +24,7 @@ from flask import Flask
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
+from werkzeug.datastructures import ImmutableDict
 
 from flask_sessionscope import SessionScope
 
@@ -39,6 +41,18 @@ STATEMENT_LOG_SERVER_URL = os.environ.get(
     "SESSIONSCOPE_TEST_POSTGRESQL_LOGGED", "postgresql+psycopg://postgres@127.0.0.1:5433/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: PgBouncer in transaction mode in front of the PostgreSQL server
+#: (scripts/ensure-pgbouncer.sh starts it); its database part is ignored.
+PGBOUNCER_URL = os.environ.get(
+    "SESSIONSCOPE_TEST_PGBOUNCER_URL", "postgresql+psycopg://postgres@127.0.0.1:6432/test"
+)
+#: SESSIONSCOPE_TEST_THROUGH_PGBOUNCER=1: the PostgreSQL tests reach their
+#: database through PgBouncer, and every app is told so (SESSIONSCOPE_POOLER
+#: = "transaction" in Flask's default configuration, as an app's own config
+#: would set it). The run's database is still made on the server directly.
+THROUGH_PGBOUNCER = os.environ.get("SESSIONSCOPE_TEST_THROUGH_PGBOUNCER", "").lower() in ("1", "true", "yes")
+if THROUGH_PGBOUNCER:
+    Flask.default_config = ImmutableDict({**Flask.default_config, "SESSIONSCOPE_POOLER": "transaction"})
 #: Flask 3.2 passes the context first to its dispatch methods.
 CONTEXT_FIRST = "ctx" in inspect.signature(Flask.do_teardown_appcontext).parameters
 
@@ -103,7 +117,12 @@ def server_databases() -> Iterator[dict[str, URL | str]]:
     found: dict[str, URL | str] = {}
     for name, server_url in SERVER_URLS.items():
         try:
+            if name == "postgresql" and THROUGH_PGBOUNCER and pgbouncer_unreachable():
+                found[name] = f"SESSIONSCOPE_TEST_THROUGH_PGBOUNCER=1: {pgbouncer_unreachable()}"
+                continue
             found[name] = _create_run_database(server_url)
+            if name == "postgresql" and THROUGH_PGBOUNCER:
+                found[name] = through_pgbouncer(found[name])
         except Exception as error:
             shown = make_url(server_url).render_as_string(hide_password=True)
             found[name] = (
@@ -113,6 +132,37 @@ def server_databases() -> Iterator[dict[str, URL | str]]:
     for name, url in found.items():
         if isinstance(url, URL):
             _drop_run_database(SERVER_URLS[name], url)
+
+
+@functools.cache
+def pgbouncer_unreachable() -> str:
+    """Why PgBouncer cannot be used (one line), or '' when it answers."""
+    engine = sa.create_engine(PGBOUNCER_URL, poolclass=NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as error:
+        shown = make_url(PGBOUNCER_URL).render_as_string(hide_password=True)
+        return (
+            f"PgBouncer at {shown} is unreachable (start it with scripts/ensure-pgbouncer.sh):"
+            f" {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
+    finally:
+        engine.dispose()
+    return ""
+
+
+def through_pgbouncer(url: URL) -> URL:
+    """``url``'s database, reached through PgBouncer."""
+    pgbouncer = make_url(PGBOUNCER_URL)
+    return url.set(drivername=pgbouncer.drivername, host=pgbouncer.host, port=pgbouncer.port)
+
+
+def skip_through_pgbouncer(reason: str) -> None:
+    """Skip a test that cannot work through a transaction pooler, when the
+    suite runs through PgBouncer; ``reason`` says why, in one line."""
+    if THROUGH_PGBOUNCER:
+        pytest.skip(f"not through a transaction pooler: {reason}")
 
 
 @pytest.fixture(scope="session")

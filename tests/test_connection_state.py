@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from flask_sessionscope import ConfigurationError, SessionScope
 
-from .conftest import AppFactory
+from .conftest import AppFactory, skip_through_pgbouncer
 
 #: Per server: (statement leaving state on the connection, statement reading
 #: it back, what it reads on a clean connection).
@@ -91,6 +91,7 @@ def test_reset_session_state_clears_writable_connections_on_return(
 ) -> None:
     if server_backend != "postgresql":
         pytest.skip("SESSIONSCOPE_RESET_SESSION_STATE is supported on PostgreSQL only")
+    skip_through_pgbouncer("SESSIONSCOPE_RESET_SESSION_STATE is rejected there (tests/test_pooler.py)")
     app = _statement_timeout_app(make_app, SESSIONSCOPE_RESET_SESSION_STATE=True)
     client = app.test_client()
     assert client.post("/set").status_code == 200
@@ -106,6 +107,7 @@ def test_writable_connections_keep_session_state_by_default(
     the same connection sees it (as with SQLAlchemy's own pool)."""
     if server_backend != "postgresql":
         pytest.skip("the statements of this test are PostgreSQL's")
+    skip_through_pgbouncer("a session-level SET is refused there (tests/test_pooler.py)")
     app = _statement_timeout_app(make_app)
     client = app.test_client()
     assert client.post("/set").status_code == 200

@@ -141,6 +141,7 @@ def figures_app(
             config["SESSIONSCOPE_ENGINE_OPTIONS"] = {
                 "connect_args": {"options": "-c log_statement=all", "application_name": name}
             }
+            config["SESSIONSCOPE_POOLER"] = None  # the statement log cluster is reached directly
             app, db = make_app(**config)
             with app.app_context():
                 reader = sa.create_engine(statement_log_database, poolclass=sa.pool.NullPool)

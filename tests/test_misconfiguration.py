@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from flask_sessionscope import ConfigurationError, SessionScope
 
-from .conftest import IN_CI, Item
+from .conftest import IN_CI, THROUGH_PGBOUNCER, Item
 
 #: Accounts that need a password, made by scripts/ensure-password-roles.sh
 #: (PostgreSQL's has a scram-sha-256 line of its own in pg_hba.conf).
@@ -89,6 +89,8 @@ CAUSES = {
     ("mariadb", "wrong password"): "wrong password or unknown user",
     ("mariadb", "no access to the database"): "no access to the database",
 }
+if THROUGH_PGBOUNCER:  # PgBouncer looks the user up in its own list, and says no like a wrong password
+    CAUSES[("postgresql", "unknown user")] = "wrong password or unknown user"
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ from sqlalchemy.engine import URL, Engine
 
 from flask_sessionscope import SessionScope
 
+from .conftest import skip_through_pgbouncer
+
 SCRIPT = textwrap.dedent(
     """
     import sys, warnings
@@ -89,6 +91,10 @@ def test_a_collected_app_closes_its_pooled_connections(
     cleanly: no "deleted while still open" from psycopg (nor sqlite3's
     ResourceWarning on Python 3.13), errors here; no connection closed
     without a goodbye on MariaDB; and the server's backends go away."""
+    if backend == "postgresql":
+        skip_through_pgbouncer(
+            "it looks for the app's backends on the server, which PgBouncer keeps open for itself"
+        )
     if backend == "sqlite":
         _serve_one_request(database_url, backend)
         gc.collect()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 
 from flask_sessionscope import SessionScope
 
-from .conftest import AppFactory, Item, stored_keys
+from .conftest import AppFactory, Item, skip_through_pgbouncer, stored_keys
 
 IN_TRANSACTION = {
     # Two reads of the transaction's start time: equal inside one transaction,
@@ -40,6 +40,10 @@ def runs_in_a_transaction(session: sa.orm.Session, backend: str) -> bool:
 def test_read_only_view_reads_outside_a_transaction_and_returns_a_clean_connection(
     make_app: AppFactory, observer: Engine, server_backend: str
 ) -> None:
+    if server_backend == "postgresql":
+        skip_through_pgbouncer(
+            "read-only sessions run in BEGIN READ ONLY transactions there (tests/test_pooler.py)"
+        )
     app, db = make_app(SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0})
 
     @app.get("/fast")
