@@ -350,3 +350,29 @@ def test_a_failing_receiver_does_not_change_a_committed_answer(
     assert response.status_code == 201
     assert stored_keys(observer) == ["a"]
     assert any("figures_ready receiver raised" in record.getMessage() for record in caplog.records)
+
+
+def test_the_apps_own_driver_listeners_still_run_and_see_the_untagged_statement(
+    make_app: AppFactory,
+) -> None:
+    """observability.md: the features see what the driver gets, after every
+    event listener, the app's own do_execute listeners included."""
+    app, db = make_app(SESSIONSCOPE_RECORD_STATEMENTS=True, SESSIONSCOPE_TAG_STATEMENTS=True)
+    heard: list[str] = []
+    with app.app_context():
+        sa.event.listen(db.engine, "do_execute", lambda cursor, sql, parameters, context: heard.append(sql))
+
+    @app.get("/one")
+    def one() -> dict[str, Any]:
+        value = db.session.scalar(sa.text("SELECT 1 WHERE 1 = :x"), {"x": 1})
+        figures = request_figures()
+        assert figures is not None
+        return {"value": value, "sent": [statement.sql for statement in figures.kept]}
+
+    body = app.test_client().get("/one").get_json()
+    assert body["value"] == 1
+    [sent] = body["sent"]
+    assert sent.endswith(" /*controller='one',route='%2Fone'*/") or sent.endswith(
+        " /*controller='one',route='%%2Fone'*/"
+    )
+    assert [sql for sql in heard if "WHERE 1 =" in sql] == [sent.split(" /*", 1)[0]]
