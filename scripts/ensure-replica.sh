@@ -47,7 +47,7 @@ if [ "$(primary_sql 'SHOW max_slot_wal_keep_size')" = "-1" ]; then
 fi
 if pg_lsclusters -h "$version" "$name" >/dev/null 2>&1 && [ -f "$data/standby.signal" ]; then
   # Built before: it only needs starting (after a reboot, or a test that stopped it).
-  pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start 2>/dev/null
+  setsid pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start 2>/dev/null
   wait_streaming && exit 0
   echo "the replica cluster $version/$name exists but does not stream from the primary; building it again" >&2
 fi
@@ -63,7 +63,7 @@ if ! as_postgres pg_basebackup -h 127.0.0.1 -p "$primary_port" -U postgres -D "$
 fi
 cp "$primary_conf/pg_hba.conf" "$conf/pg_hba.conf"
 chown postgres:postgres "$conf/pg_hba.conf"
-pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start || { echo "the replica did not start" >&2; exit 0; }
+setsid pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start || { echo "the replica did not start" >&2; exit 0; }
 wait_streaming && exit 0
 echo "the replica started but does not stream from the primary (port $port)" >&2
 exit 0

@@ -133,6 +133,7 @@ def _pg_ctlcluster(action: str) -> None:
         check=True,
         timeout=WAIT_SECONDS,
         capture_output=True,
+        start_new_session=True,  # the server must outlive this run's process group
     )
 
 
