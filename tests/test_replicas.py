@@ -29,8 +29,10 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
 from flask_sessionscope import ConfigurationError, SessionScope
+from flask_sessionscope._settings import read_settings
+from flask_sessionscope._worker_databases import WorkerDatabases
 
-from .conftest import IN_CI, server_url_or_skip
+from .conftest import IN_CI, AppFactory, Item, server_url_or_skip
 
 REPLICA_PORT = 5434
 LOCK_PATH = "/tmp/flask-sessionscope-replica-tests.lock"
@@ -473,3 +475,31 @@ def test_a_bind_takes_replicas(make_replica_app: Callable[..., Flask], urls: tup
         }
 
     assert app.test_client().get("/both").json == {"default": False, "reports": True}
+
+
+def test_a_pytest_xdist_worker_reads_its_own_database_on_the_replica(tmp_path: Any) -> None:
+    settings = read_settings(
+        {
+            "SESSIONSCOPE_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}",
+            "SESSIONSCOPE_REPLICA_URLS": ["postgresql+psycopg://u:pw@replica/shop"],
+        },
+        str(tmp_path),
+    )
+    worker = WorkerDatabases("gw3", reuse=True).settings_for_worker(settings)
+    assert [replica.url.database for replica in worker.engines[None].replicas] == ["shop_gw3"]
+
+
+# -- without replicas: nothing of this
+
+
+def test_without_replicas_responses_carry_no_token(make_app: AppFactory) -> None:
+    app, db = make_app(SECRET_KEY="k")
+
+    @app.post("/items/<key>")
+    def add(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "", 201
+
+    response = app.test_client().post("/items/a")
+    assert response.status_code == 201
+    assert TOKEN_HEADER not in response.headers and "Set-Cookie" not in response.headers
