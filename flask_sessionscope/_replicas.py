@@ -11,9 +11,9 @@ installs nothing of this and its requests never reach this module.
   are never touched: all their statements run on the primary in one
   transaction. Binds that are not the app's engines (the pytest plugin's
   ``db_isolation`` connection) are left as they are.
-- **Positions.** After each COMMIT a request makes on a primary that has
-  replicas, the same connection is asked for its WAL insert position
-  (one round trip, in autocommit so no transaction is left open). The
+- **Positions.** Each COMMIT a request makes on a primary that has
+  replicas also reads the primary's WAL insert position on the same
+  connection, in the same query as the COMMIT (no round trip of its own). The
   response carries the positions, merged with those the request brought,
   as a signed token in a cookie and a header. A read-only request with a
   token uses a replica only if it has replayed past the token's position
@@ -71,7 +71,8 @@ _SALT = "flask-sessionscope.position"
 _PRIMARY_ATTRIBUTE = "_flask_sessionscope_primary"
 _POSITIONS_ATTRIBUTE = "_flask_sessionscope_positions"
 _TOKEN_ATTRIBUTE = "_flask_sessionscope_token"
-_POSITION_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+#: One simple query (psycopg 3, no parameters), so one round trip.
+_COMMIT_AND_POSITION_SQL = "COMMIT; SELECT pg_current_wal_insert_lsn()::text"
 #: The replica's replay position, and its lag in seconds: none when it has
 #: replayed all it received, else the age of the last transaction replayed.
 _PROBE_SQL = (
@@ -318,7 +319,7 @@ def configure(
         )
     binds: dict[Engine, _Bind] = {}
     for name, spec in with_replicas.items():
-        _check_postgresql(spec, spec.source)
+        _check_postgresql(spec)
         engine = engines[name]
         replicas = [_Replica(_replica_engine(each), _label(each)) for each in spec.replicas]
         for replica in replicas:
@@ -341,12 +342,12 @@ def _raise(ctx: Context, error: Exception) -> Response:
     raise error
 
 
-def _check_postgresql(spec: EngineSpec, source: str) -> None:
+def _check_postgresql(spec: EngineSpec) -> None:
     for each in (spec, *spec.replicas):
-        if each.url.get_backend_name() != "postgresql":
+        if (each.url.get_backend_name(), each.url.get_driver_name()) != ("postgresql", "psycopg"):
             raise ConfigurationError(
-                f"{each.source}: read replicas are supported on PostgreSQL only;"
-                f" it uses {each.url.drivername!r}"
+                f"{each.source}: read replicas are supported on PostgreSQL with psycopg (3) only"
+                f" ('postgresql+psycopg://...'); it uses {each.url.drivername!r}"
             )
 
 
@@ -385,38 +386,42 @@ def _mark_down_on_disconnect(replica: _Replica, seconds: float) -> Callable[[Any
 
 
 def _report_positions(engine: Engine, name: str) -> None:
-    """After each COMMIT of ``engine`` that a request made, note the primary's
-    WAL position on the same connection."""
+    """Have each COMMIT of ``engine`` that a request makes note the primary's
+    WAL position, read on the same connection."""
     dialect = engine.dialect
     commit = dialect.do_commit
 
     def do_commit(dbapi_connection: Any) -> None:
-        commit(dbapi_connection)
         sink = _sink.get()
         if sink is None or sink[0] is not _flask_internals.request_context():
+            commit(dbapi_connection)
             return
-        try:
-            position = _current_position(dbapi_connection)
-        except Exception as error:  # the COMMIT stands: the client just gets no token for it
-            logger.warning("reading the primary's WAL position after a COMMIT failed: %s", error)
-            return
-        sink[1][name] = max(position, sink[1].get(name, 0))
+        position = _commit_reading_position(dbapi_connection, commit)
+        if position is not None:
+            sink[1][name] = max(position, sink[1].get(name, 0))
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
 
 
-def _current_position(dbapi_connection: Any) -> int:
-    autocommit = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True  # just committed: nothing is open, and nothing stays open
+def _commit_reading_position(dbapi_connection: Any, commit: Callable[[Any], None]) -> int | None:
+    """COMMIT, and the primary's WAL insert position right after it (at or
+    past the end of that COMMIT's record), sent as one query so that the
+    position costs no round trip of its own; None, after a plain commit,
+    when the connection had no transaction open to commit."""
+    # SQLAlchemy passes the pool's proxy, whose ``info`` is the pool's own.
+    driver_connection = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+    if driver_connection.info.transaction_status.name != "INTRANS":
+        commit(dbapi_connection)  # nothing begun (or already failed): psycopg's own handling
+        return None
+    cursor = dbapi_connection.cursor()
     try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(_POSITION_SQL)
-            return parse_lsn(cursor.fetchone()[0])
-        finally:
-            cursor.close()
+        cursor.execute(_COMMIT_AND_POSITION_SQL)
+        while cursor.description is None and cursor.nextset():
+            pass  # the COMMIT's result, before the SELECT's
+        row = cursor.fetchone()
     finally:
-        dbapi_connection.autocommit = autocommit
+        cursor.close()
+    return parse_lsn(row[0]) if row and row[0] else None
 
 
 def _collect_positions(session: Session) -> None:

@@ -158,6 +158,15 @@ def primary_observer(urls: tuple[URL, URL]) -> Iterator[Engine]:
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS replica_notes")
         conn.exec_driver_sql("CREATE TABLE replica_notes (id serial PRIMARY KEY, text varchar(64))")
+        table = conn.scalar(sa.text("SELECT 'replica_notes'::regclass::oid"))
+    replica = _admin(urls[1])
+
+    def replayed() -> bool:  # this table, not the one an earlier test dropped
+        with replica.connect() as conn:
+            return conn.scalar(sa.text("SELECT to_regclass('replica_notes')::oid")) == table
+
+    _wait_for(replayed, "the table on the replica")
+    replica.dispose()
     yield engine
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS replica_notes")
@@ -444,14 +453,18 @@ def _init(**config: Any) -> None:
         ),
         (
             {"SESSIONSCOPE_REPLICA_URLS": ["mysql+pymysql://u:secret@r/db"]},
-            r"SESSIONSCOPE_REPLICA_URLS\[0\]: read replicas are supported on PostgreSQL only",
+            r"SESSIONSCOPE_REPLICA_URLS\[0\]: read replicas are supported on PostgreSQL with psycopg \(3\) only",
+        ),
+        (
+            {"SESSIONSCOPE_REPLICA_URLS": ["postgresql+psycopg2://u:secret@r/db"]},
+            r"SESSIONSCOPE_REPLICA_URLS\[0\]: .* it uses 'postgresql\+psycopg2'",
         ),
         (
             {
                 "SESSIONSCOPE_DATABASE_URL": "sqlite://",
                 "SESSIONSCOPE_REPLICA_URLS": ["postgresql+psycopg://u:secret@r/db"],
             },
-            "SESSIONSCOPE_DATABASE_URL: read replicas are supported on PostgreSQL only",
+            "SESSIONSCOPE_DATABASE_URL: read replicas are supported on PostgreSQL with psycopg",
         ),
         (
             {
