@@ -61,15 +61,24 @@ def create_read_only_engines(
     sessions; keyed by the app's engine it stands in for."""
     read_only: dict[Engine, Engine] = {}
     for name, spec in specs.items():
-        backend = spec.url.get_backend_name()
-        if backend not in _READ_ONLY_AT_CONNECT or "pool" in spec.options:
-            continue  # a pool given in the options would be shared with the app's engine
-        engine = _autocommit_engine(spec)
-        event.listen(engine, "connect", _read_only_at_connect(_READ_ONLY_AT_CONNECT[backend], engine.dialect))
-        refuse_state_changing_statements(engine, None)
-        _skip_savepoints_in_autocommit(engine.dialect)
-        read_only[engines[name]] = engine
+        engine = create_read_only_engine(spec)
+        if engine is not None:
+            read_only[engines[name]] = engine
     return read_only
+
+
+def create_read_only_engine(spec: EngineSpec) -> Engine | None:
+    """An engine of ``spec``'s URL and options whose connections the server
+    keeps read-only, in autocommit mode; None where the server cannot keep
+    them so, or a pool given in the options would be shared."""
+    backend = spec.url.get_backend_name()
+    if backend not in _READ_ONLY_AT_CONNECT or "pool" in spec.options:
+        return None  # a pool given in the options would be shared with the app's engine
+    engine = _autocommit_engine(spec)
+    event.listen(engine, "connect", _read_only_at_connect(_READ_ONLY_AT_CONNECT[backend], engine.dialect))
+    refuse_state_changing_statements(engine, None)
+    _skip_savepoints_in_autocommit(engine.dialect)
+    return engine
 
 
 def _autocommit_engine(spec: EngineSpec) -> Engine:

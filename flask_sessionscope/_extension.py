@@ -29,6 +29,7 @@ from . import (
     _n_plus_one,
     _on_commit,
     _pooler,
+    _replicas,
     _retry,
     _tagging,
     _worker_databases,
@@ -134,6 +135,8 @@ class _AppState:
     #: The engines read-only sessions use instead of the app's, where the
     #: server can keep connections read-only; keyed by the app's engine.
     read_only_engines: dict[Engine, Engine]
+    #: Read replicas and the choice among them; None without replicas.
+    replicas: _replicas.Router | None = None
 
 
 class SessionScope:
@@ -224,6 +227,11 @@ class SessionScope:
         _guards.install(factory)
         note_commits(factory, engines)
         _on_commit.install(factory)
+        replicas = _replicas.configure(app, settings, engines, read_only_engines, factory)
+        replica_engines = replicas.engines if replicas is not None else []
+        for engine in replica_engines:
+            track(engine)
+        close_pools_when_collected(app, replica_engines)
         self._states[app] = _AppState(
             engines,
             factory,
@@ -231,15 +239,18 @@ class SessionScope:
             settings.commit_rule,
             _guards.read_only_class(factory),
             read_only_engines,
+            replicas,
         )
         app.extensions[EXTENSION_KEY] = self
         if worker_databases is not None:
             worker_databases.create_tables(self._metadatas, engines)
 
         _end_sessions_with_requests(app)
+        if replicas is not None:
+            _replicas.install(app, replicas)  # after the line above: it runs after the commit
         _flask_internals.give_requests_fresh_contexts_in_tests(app)
         # Observability: each installs its engine listeners only when it is on.
-        all_engines = [*engines.values(), *read_only_engines.values()]
+        all_engines = [*engines.values(), *read_only_engines.values(), *replica_engines]
         if figure_settings is not None:
             _figures.install(app, figure_settings, all_engines)
         if n_plus_one_settings is not None:
@@ -474,6 +485,14 @@ class SessionScope:
 
         return decorate if view is None else decorate(view)
 
+    def primary(self, view: View) -> View:
+        """View decorator: a view that only reads still reads on the primary,
+        not on a replica (see the replicas docs), for reads that must see
+        every commit however recent, whoever made it. Without replicas it
+        changes nothing."""
+        marked: View = _replicas.primary(view)
+        return marked
+
     def first_chunk_before_commit(self, view: View) -> View:
         """View decorator for views that return a streamed body: its first
         chunk is produced before the request is committed, so that a body
@@ -591,6 +610,8 @@ class SessionScope:
         # factory.kw is read now, not at init_app: under the pytest plugin's
         # db_isolation it binds to the test's connection, which then stays.
         options = _connection_state.read_only_session_options(factory.kw, state.read_only_engines)
+        if state.replicas is not None:
+            options = state.replicas.route(ctx, options)
         return _guards.new_read_only_session(state.read_only_class, options)
 
     def _shell_context(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ AUTOCOMMIT_KEY = "SESSIONSCOPE_AUTOCOMMIT"
 COMMIT_RULE_KEY = "SESSIONSCOPE_COMMIT_RULE"
 READ_ONLY_SAFE_METHODS_KEY = "SESSIONSCOPE_READ_ONLY_SAFE_METHODS"
 RESET_SESSION_STATE_KEY = "SESSIONSCOPE_RESET_SESSION_STATE"
+REPLICA_URLS_KEY = "SESSIONSCOPE_REPLICA_URLS"
 
 #: Flask-SQLAlchemy's names, read when ours are absent so an app can move over
 #: without touching its configuration.
@@ -62,6 +63,9 @@ class EngineSpec:
     source: str = URL_KEY
     #: The configuration key the options came from, for error messages.
     options_source: str = ENGINE_OPTIONS_KEY
+    #: Read replicas of this engine's database (``SESSIONSCOPE_REPLICA_URLS``
+    #: or a bind's ``replicas``), with this engine's options.
+    replicas: tuple[EngineSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,23 +173,27 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     options_key, options_value = _lookup(config, ENGINE_OPTIONS_KEY)
     common_options = _mapping(options_value, options_key)
     url, options = apply_driver_defaults(_parse_url(url_value, url_key), common_options, instance_path)
-    engines: dict[str | None, EngineSpec] = {None: EngineSpec(url, options, url_key, options_key)}
+    replicas = _replica_specs(config.get(REPLICA_URLS_KEY), REPLICA_URLS_KEY, options, instance_path)
+    engines: dict[str | None, EngineSpec] = {None: EngineSpec(url, options, url_key, options_key, replicas)}
 
     binds_key, binds_value = _lookup(config, BINDS_KEY)
     for name, bind in _mapping(binds_value, binds_key).items():
         where = f"{binds_key}[{name!r}]"
         if not isinstance(name, str):
             raise ConfigurationError(f"{binds_key} keys must be strings, not {name!r}")
+        bind_replicas: Any = None
         if isinstance(bind, Mapping):
             bind_options = dict(bind)
             if "url" not in bind_options:
                 raise ConfigurationError(f"{where} is a dict without a 'url' entry")
             bind_url = _parse_url(bind_options.pop("url"), where)
+            bind_replicas = bind_options.pop("replicas", None)
             bind_options = {**common_options, **bind_options}
         else:
             bind_url, bind_options = _parse_url(bind, where), dict(common_options)
         bind_url, bind_options = apply_driver_defaults(bind_url, bind_options, instance_path)
-        engines[name] = EngineSpec(bind_url, bind_options, where, f"{where} or {options_key}")
+        replicas = _replica_specs(bind_replicas, f"{where}['replicas']", bind_options, instance_path)
+        engines[name] = EngineSpec(bind_url, bind_options, where, f"{where} or {options_key}", replicas)
 
     session_options = _mapping(config.get(SESSION_OPTIONS_KEY), SESSION_OPTIONS_KEY)
     if isinstance(session_options.get("bind"), str):
@@ -207,6 +215,23 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     return Settings(
         engines, session_options, autocommit, commit_rule, read_only_safe_methods, reset_session_state
     )
+
+
+def _replica_specs(
+    value: Any, key: str, options: dict[str, Any], instance_path: str
+) -> tuple[EngineSpec, ...]:
+    """The replicas listed under ``key``: each URL with the options of the
+    engine it stands in for."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, URL)) or not isinstance(value, (list, tuple)):
+        raise ConfigurationError(f"{key} must be a list of database URLs, not {type(value).__name__}")
+    specs = []
+    for index, each in enumerate(value):
+        where = f"{key}[{index}]"
+        url, replica_options = apply_driver_defaults(_parse_url(each, where), options, instance_path)
+        specs.append(EngineSpec(url, replica_options, where, where))
+    return tuple(specs)
 
 
 #: Drivers whose connections the reset of RESET_SESSION_STATE_KEY knows how

@@ -37,7 +37,15 @@ class WorkerDatabases:
     def settings_for_worker(self, settings: Settings) -> Settings:
         """``settings`` with every engine on the worker's database."""
         engines = {
-            name: dataclasses.replace(spec, url=self.database_for(spec.url))
+            name: dataclasses.replace(
+                spec,
+                url=self.database_for(spec.url),
+                # A replica gets the worker's database by replication from its primary.
+                replicas=tuple(
+                    dataclasses.replace(replica, url=worker_url_for(replica.url, self.worker_id))
+                    for replica in spec.replicas
+                ),
+            )
             for name, spec in settings.engines.items()
         }
         return dataclasses.replace(settings, engines=engines)
