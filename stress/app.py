@@ -12,6 +12,9 @@ separate process (``stress.app:create_app()``):
 - ``STRESS_JOBS_PATH`` (required): the file the "jobs" go to, one line
   with the key per job, appended by the ``db.on_commit`` callback of a
   write asked with ``job=1``.
+- ``STRESS_REPLICA_URLS`` (unset): comma-separated URLs of streaming
+  replicas of the run's database; read-only requests (``/read``) then run
+  on them, with the read-your-writes token (``SESSIONSCOPE_REPLICA_URLS``).
 - ``STRESS_WARM_POOL`` ("0"): open a connection while the app is built; with
   gunicorn ``--preload`` the parent then holds a pooled connection when it
   forks the workers, which must never use it.
@@ -137,6 +140,10 @@ def create_app() -> Flask:
         "pool_pre_ping": _env_flag("STRESS_PRE_PING"),
         "connect_args": {"application_name": APPLICATION_NAME, "connect_timeout": 2},
     }
+    replicas = [url for url in os.environ.get("STRESS_REPLICA_URLS", "").split(",") if url]
+    if replicas:
+        app.config["SESSIONSCOPE_REPLICA_URLS"] = replicas
+        app.config["SECRET_KEY"] = "stress-run-only"  # signs the position token
     db = SessionScope(app)
     # O_APPEND: each job is one write of one short line, whole even when
     # workers and threads append at the same time.
@@ -214,6 +221,17 @@ def create_app() -> Flask:
         connection must be released all the same."""
         count = db.session.scalar(sa.select(sa.func.count()).select_from(Row))
         return Response(iter([f"{count} rows"]))
+
+    @app.get("/read/<key>")
+    @db.read_only
+    def read(key: str) -> Response:
+        """Whether the row of ``key`` is visible to this read-only request,
+        and whether it ran on a replica (``pg_is_in_recovery()``). A client
+        that has just written the key and sends back its position token must
+        always find it."""
+        found = db.session.scalar(sa.select(Row.id).where(Row.key == key)) is not None
+        on_replica = bool(db.session.scalar(sa.text("SELECT pg_is_in_recovery()")))
+        return jsonify(found=found, replica=on_replica)
 
     @app.get("/nodb")
     def nodb() -> str:
