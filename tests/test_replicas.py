@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, g
 from flask.testing import FlaskClient
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
@@ -299,6 +299,28 @@ def test_a_replica_lagging_past_the_bound_is_skipped(
 def test_db_primary_reads_on_the_primary(make_replica_app: Callable[..., Flask]) -> None:
     client = make_replica_app().test_client()
     assert client.get("/on-primary").json == {"port": 5432, "replica": False}
+
+
+def test_db_primary_covers_sessions_opened_before_the_view(make_replica_app: Callable[..., Flask]) -> None:
+    app = make_replica_app()
+    db = app.extensions["sessionscope"]
+
+    @app.before_request
+    def load_user() -> None:  # a session opened before the view runs
+        g.read_on_replica = db.session.scalar(sa.text("SELECT pg_is_in_recovery()"))
+
+    @app.get("/account")
+    @db.primary
+    def account() -> dict[str, Any]:
+        return {"before": g.read_on_replica}
+
+    @app.get("/catalogue")
+    def catalogue() -> dict[str, Any]:
+        return {"before": g.read_on_replica}
+
+    client = app.test_client()
+    assert client.get("/account").json == {"before": False}
+    assert client.get("/catalogue").json == {"before": True}
 
 
 def test_read_only_post_reads_on_the_replica(make_replica_app: Callable[..., Flask]) -> None:
