@@ -15,6 +15,9 @@ separate process (``stress.app:create_app()``):
 - ``STRESS_RETRY_ATTEMPTS`` ("1"): ``SESSIONSCOPE_RETRY_ATTEMPTS``, how many
   times a request that meets a serialization failure or a deadlock runs;
   ``STRESS_RETRY_BACKOFF`` ("0.02"): ``SESSIONSCOPE_RETRY_BACKOFF``.
+- ``STRESS_REPLICA_URLS`` (unset): comma-separated URLs of streaming
+  replicas of the run's database; read-only requests (``/read``) then run
+  on them, with the read-your-writes token (``SESSIONSCOPE_REPLICA_URLS``).
 - ``STRESS_WARM_POOL`` ("0"): open a connection while the app is built; with
   gunicorn ``--preload`` the parent then holds a pooled connection when it
   forks the workers, which must never use it.
@@ -143,6 +146,10 @@ def create_app() -> Flask:
     app.config["SESSIONSCOPE_RETRY_ATTEMPTS"] = int(os.environ.get("STRESS_RETRY_ATTEMPTS", "1"))
     app.config["SESSIONSCOPE_RETRY_BACKOFF"] = float(os.environ.get("STRESS_RETRY_BACKOFF", "0.02"))
     app.config["SESSIONSCOPE_POOLER"] = os.environ.get("STRESS_POOLER") or None
+    replicas = [url for url in os.environ.get("STRESS_REPLICA_URLS", "").split(",") if url]
+    if replicas:
+        app.config["SESSIONSCOPE_REPLICA_URLS"] = replicas
+        app.config["SECRET_KEY"] = "stress-run-only"  # signs the position token
     db = SessionScope(app)
     # O_APPEND: each job is one write of one short line, whole even when
     # workers and threads append at the same time.
@@ -220,6 +227,17 @@ def create_app() -> Flask:
         connection must be released all the same."""
         count = db.session.scalar(sa.select(sa.func.count()).select_from(Row))
         return Response(iter([f"{count} rows"]))
+
+    @app.get("/read/<key>")
+    @db.read_only
+    def read(key: str) -> Response:
+        """Whether the row of ``key`` is visible to this read-only request,
+        and whether it ran on a replica (``pg_is_in_recovery()``). A client
+        that has just written the key and sends back its position token must
+        always find it."""
+        found = db.session.scalar(sa.select(Row.id).where(Row.key == key)) is not None
+        on_replica = bool(db.session.scalar(sa.text("SELECT pg_is_in_recovery()")))
+        return jsonify(found=found, replica=on_replica)
 
     @app.get("/nodb")
     def nodb() -> str:

@@ -47,6 +47,9 @@ EXPECTED: dict[str, set[int]] = {
     "jobraise": {500, 503},
     "head": {200, 503},
     "nodb": {200},
+    # With replicas: the write's answer (its read-back is judged apart), and a read.
+    "readback": {201, 502, 503},
+    "read": {200, 503},
 }
 
 #: Text that must never appear in the server's stderr, wherever it is.
@@ -82,6 +85,14 @@ class Report:
     conflict_503s: int = 0
     #: Requests run again after one (the retry's log lines).
     retries: int = 0
+    #: With replicas: writes answered 2xx and read back with their token;
+    #: those reads by where they ran, and those that got no 200.
+    readbacks: int = 0
+    readbacks_on_replica: int = 0
+    readbacks_on_primary: int = 0
+    readbacks_unanswered: Counter[str] = field(default_factory=Counter)
+    reads_on_replica: int = 0
+    reads_on_primary: int = 0
 
     @property
     def failures(self) -> int:
@@ -108,6 +119,34 @@ def check_answers(outcomes: Iterable[Outcome], report: Report) -> None:
         if outcome.traceback_in_body:
             violations[f"traceback in the body of a {outcome.status}"] += 1
     report.violations.extend(f"{text}: {count}" for text, count in sorted(violations.items()))
+
+
+def check_read_your_writes(outcomes: Iterable[Outcome], report: Report) -> None:
+    """A write answered 2xx and read back at once with its position token
+    must be found, wherever the read ran: a miss is a stale read, counted
+    as a mismatch. Reads without a token are only counted by server."""
+    for outcome in outcomes:
+        if outcome.kind == "read" and outcome.read_on_replica is not None:
+            if outcome.read_on_replica:
+                report.reads_on_replica += 1
+            else:
+                report.reads_on_primary += 1
+        if outcome.kind != "readback" or outcome.status is None or not 200 <= outcome.status < 300:
+            continue
+        report.readbacks += 1
+        if outcome.read_status != 200:
+            report.readbacks_unanswered[str(outcome.read_status or f"no answer ({outcome.error})")] += 1
+            continue
+        if outcome.read_on_replica:
+            report.readbacks_on_replica += 1
+        else:
+            report.readbacks_on_primary += 1
+        if not outcome.read_found:
+            where = "a replica" if outcome.read_on_replica else "the primary"
+            report.mismatches.append(
+                f"stale read: key {outcome.key} answered {outcome.status}, then not found on {where}"
+                f" by the same client with its token ({_span(outcome)})"
+            )
 
 
 def check_rows(outcomes: list[Outcome], url: URL, report: Report) -> None:

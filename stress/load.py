@@ -10,6 +10,7 @@ count and by wall time, whichever comes first.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import subprocess
@@ -42,6 +43,15 @@ MIX: dict[str, int] = {
     "nodb": 12,
 }
 
+#: Added to the mix when the app has replicas: ``readback`` writes a key
+#: and, once answered 2xx, reads it back at once with the position token the
+#: write returned (it must find it, whatever the replica's lag); ``read``
+#: reads a key written earlier without a token (a replica serves it).
+REPLICA_MIX: dict[str, int] = {"readback": 10, "read": 6}
+
+#: The response (and request) header of the read-your-writes token.
+POSITION_HEADER = "Sessionscope-Position"
+
 #: The kinds that also enqueue a job with ``db.on_commit``, and the write
 #: view's fault each of them asks for.
 JOB_KINDS = {"job": "ok", "jobreject": "reject", "jobraise": "raise"}
@@ -66,6 +76,11 @@ class Outcome:
     error: str = ""  # the client-side exception when there was no answer
     retry_after: str | None = None
     traceback_in_body: bool = False
+    #: ``readback`` and ``read``: the read's status, whether it found the key
+    #: and whether a replica served it (None when there was no such read).
+    read_status: int | None = None
+    read_found: bool | None = None
+    read_on_replica: bool | None = None
 
 
 @dataclass
@@ -106,6 +121,8 @@ class FaultLog:
     stuck_transactions: int = 0
     restarts: list[tuple[float, float]] = field(default_factory=list)  # (down, back) time.time()
     restart_errors: list[str] = field(default_factory=list)
+    replay_pauses: int = 0
+    replay_pause_errors: int = 0
 
 
 class Recorder:
@@ -126,44 +143,71 @@ class Recorder:
 
 def request_once(port: int, index: int, kind: str, sleep_ms: int = 0) -> Outcome:
     """Send one request of the given kind; record what came back."""
+    headers = {"Connection": "close"}
     if kind == "nodb":
         key, method, path = None, "GET", "/nodb"
     elif kind == "head":
         key, method, path = None, "HEAD", "/peek"
+    elif kind == "read":
+        key, method, path = None, "GET", f"/read/k{index // 2:07d}"  # an earlier key, written or not
     else:
         key = f"k{index:07d}"
-        path = f"/write/{key}?fault={JOB_KINDS.get(kind, kind)}"
+        path = f"/write/{key}?fault={JOB_KINDS.get(kind, 'ok' if kind == 'readback' else kind)}"
         if kind in JOB_KINDS:
             path += "&job=1"
         if kind == "sleep":
             path += f"&ms={sleep_ms}"
         method = "POST"
     outcome = Outcome(index=index, kind=kind, key=key, started=time.time())
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
     try:
-        conn.request(method, path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
+        response, body = _send(port, method, path, headers)
         outcome.status = response.status
         outcome.retry_after = response.getheader("Retry-After")
         outcome.traceback_in_body = b"Traceback" in body
+        if kind == "read":
+            _note_read(outcome, response.status, body)
+        elif kind == "readback" and 200 <= response.status < 300:
+            token = response.getheader(POSITION_HEADER)
+            read_headers = {**headers, **({POSITION_HEADER: token} if token else {})}
+            read_response, read_body = _send(port, "GET", f"/read/{key}", read_headers)
+            _note_read(outcome, read_response.status, read_body)
     except (OSError, http.client.HTTPException) as error:
         outcome.error = type(error).__name__
     finally:
-        conn.close()
         outcome.ended = time.time()
     return outcome
 
 
-def run_clients(port: int, clients: int, budget: Budget, seed: int, recorder: Recorder) -> None:
-    """Run ``clients`` threads, each sending requests of random kinds one
-    after the other, until the budget is spent."""
+def _send(
+    port: int, method: str, path: str, headers: dict[str, str]
+) -> tuple[http.client.HTTPResponse, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def _note_read(outcome: Outcome, status: int, body: bytes) -> None:
+    outcome.read_status = status
+    if status == 200:
+        answer = json.loads(body)
+        outcome.read_found, outcome.read_on_replica = bool(answer["found"]), bool(answer["replica"])
+
+
+def run_clients(
+    port: int, clients: int, budget: Budget, seed: int, recorder: Recorder, mix: dict[str, int] = MIX
+) -> None:
+    """Run ``clients`` threads, each sending requests of random kinds (drawn
+    from ``mix``) one after the other, until the budget is spent."""
 
     def client(number: int) -> None:
         rng = random.Random(seed * 1000 + number)
         mine: list[Outcome] = []
         while (index := budget.take()) is not None:
-            kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+            kind = rng.choices(list(mix), weights=list(mix.values()))[0]
             mine.append(request_once(port, index, kind, rng.randint(*SLEEP_MS)))
         recorder.add(mine)
 
@@ -272,3 +316,30 @@ def _cluster_version() -> str:
     if len(versions) != 1:
         raise RuntimeError(f"expected one PostgreSQL version under /etc/postgresql, found {versions}")
     return versions[0]
+
+
+def pause_replica_replay(
+    replica: URL, interval: float, pause: float, stop: threading.Event, log: FaultLog
+) -> None:
+    """Every ``interval`` seconds, pause the replica's WAL replay for
+    ``pause`` seconds (``pg_wal_replay_pause()``), so that it falls behind
+    the clients' writes and their tokens send reads elsewhere. Replay is
+    always resumed before this returns."""
+    engine = admin_engine(replica)
+    try:
+        while not stop.wait(interval):
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_wal_replay_pause()"))
+                    log.replay_pauses += 1
+                    stop.wait(pause)
+                    conn.execute(sa.text("SELECT pg_wal_replay_resume()"))
+            except sa.exc.DBAPIError:
+                log.replay_pause_errors += 1
+    finally:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_wal_replay_resume()"))
+        except sa.exc.DBAPIError:
+            log.replay_pause_errors += 1
+        engine.dispose()

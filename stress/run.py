@@ -34,11 +34,14 @@ from . import checks
 from .app import DUPLICATE_KEY, Base
 from .load import (
     MIX,
+    REPLICA_MIX,
     Budget,
     FaultLog,
     Outcome,
     Recorder,
+    admin_engine,
     kill_backends,
+    pause_replica_replay,
     restart_server,
     run_clients,
     squeeze_pool,
@@ -125,6 +128,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=PGBOUNCER_URL,
         help="PgBouncer's address, as a URL whose database part is ignored (scripts/ensure-pgbouncer.sh)",
     )
+    parser.add_argument(
+        "--replica-port",
+        type=int,
+        default=0,
+        help="port of a streaming replica of --server-url's cluster on the same host (scripts/ensure-replica.sh:"
+        " 5434); read-only requests then run on it, clients read their writes back with their token, and"
+        " its replay is paused now and then; 0 (default): no replica",
+    )
+    parser.add_argument(
+        "--replica-pause-interval",
+        type=float,
+        default=3.0,
+        help="with --replica-port: seconds between 1 s pauses of the replica's replay (default 3); 0: none",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the clients' random choices")
     parser.add_argument(
         "--server-url", default=SERVER_URL, help="PostgreSQL URL to create the run's database with"
@@ -153,6 +170,26 @@ def create_database(server_url: str) -> URL:
     return url
 
 
+def wait_for_replica(url: URL, seconds: float = 30.0) -> None:
+    """Wait until the run's database and its tables have reached the replica."""
+    engine = admin_engine(url)
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT count(*) FROM stress_tally")).scalar_one()
+                    return
+            except sa.exc.DBAPIError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the run's database did not reach the replica within {seconds:g} s"
+                    ) from None
+                time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
 def drop_database(server_url: str, url: URL) -> None:
     admin = sa.create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -168,7 +205,7 @@ def free_port() -> int:
 
 
 def start_server(
-    args: argparse.Namespace, url: URL, port: int, log_path: Path, jobs_path: Path
+    args: argparse.Namespace, url: URL, port: int, log_path: Path, jobs_path: Path, replica: URL | None = None
 ) -> subprocess.Popen[bytes]:
     """Start gunicorn with the stress app; return once it answers."""
     env = {
@@ -184,6 +221,8 @@ def start_server(
         "STRESS_POOLER": "transaction" if args.pgbouncer else "",
         "PYTHONWARNINGS": "default",
     }
+    if replica is not None:
+        env["STRESS_REPLICA_URLS"] = replica.render_as_string(hide_password=False)
     command = [
         sys.executable, "-m", "gunicorn",
         "--worker-class", "gthread",
@@ -262,9 +301,13 @@ def run(args: argparse.Namespace) -> int:
         app_url = url.set(host="127.0.0.1", port=cutter.port).update_query_dict(
             {"sslmode": "disable", "gssencmode": "disable"}
         )
+    replica = url.set(port=args.replica_port) if args.replica_port else None
+    mix = {**MIX, **REPLICA_MIX} if replica is not None else MIX
     try:
+        if replica is not None:
+            wait_for_replica(replica)
         port = free_port()
-        server = start_server(args, app_url, port, log_path, jobs_path)
+        server = start_server(args, app_url, port, log_path, jobs_path, replica)
         try:
             budget = Budget(requests=args.requests, seconds=args.seconds)
             fault_threads = []
@@ -293,15 +336,24 @@ def run(args: argparse.Namespace) -> int:
                         daemon=True,
                     )
                 )
+            if replica is not None and args.replica_pause_interval > 0:
+                fault_threads.append(
+                    threading.Thread(
+                        target=pause_replica_replay,
+                        args=(replica, args.replica_pause_interval, 1.0, stop, faults),
+                        daemon=True,
+                    )
+                )
             for thread in fault_threads:
                 thread.start()
-            run_clients(port, args.clients, budget, args.seed, recorder)
+            run_clients(port, args.clients, budget, args.seed, recorder, mix)
             elapsed = time.monotonic() - budget.started
             stop.set()
             for thread in fault_threads:
                 thread.join()
             outcomes = recorder.sorted()
             checks.check_answers(outcomes, report)
+            checks.check_read_your_writes(outcomes, report)
             checks.check_idle_in_transaction(url, report)
             workers = worker_pids(server)
             checks.check_pools(port, workers, report)
@@ -324,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
                 f"the server confirmed {cutter.counts.cut_after_committed} COMMITs whose answers the proxy"
                 f" cut, but only {report.unknown_present} keys answered 502 are stored"
             )
-        print_report(args, outcomes, faults, cutter, report, elapsed, log_path)
+        print_report(args, outcomes, faults, cutter, report, elapsed, log_path, mix)
     finally:
         drop_database(args.server_url, url)
     if not report.failures:
@@ -351,6 +403,7 @@ def print_report(
     report: checks.Report,
     elapsed: float,
     log_path: Path,
+    mix: dict[str, int] = MIX,
 ) -> None:
     kinds = Counter(outcome.kind for outcome in outcomes)
     print(
@@ -361,7 +414,7 @@ def print_report(
         f" retry attempts {args.retry} (backoff {args.retry_backoff} s),"
         f" {'through PgBouncer (transaction mode)' if args.pgbouncer else 'no pooler'}"
     )
-    print("requests by kind: " + ", ".join(f"{kind} {kinds[kind]}" for kind in MIX))
+    print("requests by kind: " + ", ".join(f"{kind} {kinds[kind]}" for kind in mix))
     print(
         f"faults: backend kill rounds {faults.kill_rounds} ({faults.backends_killed} backends killed,"
         f" {faults.kill_errors} rounds failed to connect); pool squeezes {faults.squeezes};"
@@ -393,7 +446,7 @@ def print_report(
     print(
         "  by status: " + ", ".join(f"{label}: {count}" for label, count in sorted(report.statuses.items()))
     )
-    for kind in MIX:
+    for kind in mix:
         row = {label: count for (k, label), count in report.by_kind.items() if k == kind}
         print(f"  {kind:>6}: " + ", ".join(f"{label}: {count}" for label, count in sorted(row.items())))
     durations = sorted(o.ended - o.started for o in outcomes if o.status is not None)
@@ -420,6 +473,16 @@ def print_report(
         f"503s from serialization failures or deadlocks: {report.conflict_503s};"
         f" requests run again after one: {report.retries}"
     )
+    if args.replica_port:
+        unanswered = ", ".join(f"{label}: {n}" for label, n in sorted(report.readbacks_unanswered.items()))
+        print(
+            f"replica (port {args.replica_port}): replay paused {faults.replay_pauses} times"
+            f" ({faults.replay_pause_errors} failed); writes read back with their token: {report.readbacks}"
+            f" (on the replica {report.readbacks_on_replica}, on the primary {report.readbacks_on_primary},"
+            f" no 200: {unanswered or 'none'}); stale reads: {sum('stale read' in m for m in report.mismatches)};"
+            f" reads without a token: on the replica {report.reads_on_replica},"
+            f" on the primary {report.reads_on_primary}"
+        )
     print("expected server log records:")
     for kind, count in sorted(report.log_kinds.items()):
         print(f"  {count:6d}  {kind}")
