@@ -14,8 +14,9 @@ The app cannot tell the two apart; both must be answered 502, "commit
 outcome unknown", and the runner counts the keys as present or absent.
 
 It reads the client's side of the PostgreSQL protocol just enough to spot a
-simple-query ``COMMIT`` (psycopg sends its commits that way), so the app's
-connections through it must not use TLS (``sslmode=disable``).
+simple-query ``COMMIT`` (psycopg sends its commits that way, alone or first
+in a batch), so the app's connections through it must not use TLS
+(``sslmode=disable``).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class _Link:
             while True:
                 head = _read_exact(self.client, 5)
                 body = _read_exact(self.client, int.from_bytes(head[1:5], "big") - 4)
-                if head[:1] == b"Q" and body.rstrip(b"\0").strip().upper() == b"COMMIT":
+                if head[:1] == b"Q" and _is_commit(body):
                     decision = self.cutter._decide()
                     if decision == "before":
                         return
@@ -202,6 +203,13 @@ class _Link:
             pass
         finally:
             self.close()
+
+
+def _is_commit(query: bytes) -> bool:
+    """A simple query that commits: ``COMMIT`` alone, or first in a batch (an
+    app with replicas sends ``COMMIT; SELECT pg_current_wal_insert_lsn()``)."""
+    text = query.rstrip(b"\0").strip().upper()
+    return text == b"COMMIT" or text.startswith(b"COMMIT;")
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes:
