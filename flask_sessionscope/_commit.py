@@ -83,12 +83,12 @@ def commit_or_discard(session: Session) -> None:
     """
     try:
         if is_read_only(session):
-            if session.new or session.dirty or session.deleted:
-                session.flush()  # refuses them
-            # Nothing to save, and nothing that slipped past may be: closing
-            # ends the transaction as a rollback would, without first
-            # expiring every loaded object only to detach it.
-            session.close()
+            session.flush()  # refuses pending changes
+            # Nothing to save, and nothing that slipped past may be. A
+            # rollback, not a close: a streamed body may still load what
+            # the view did not (a lazy relationship) until its end closes
+            # the session.
+            session.rollback()
             return
         reason = aborted_reason(session)
         if reason is not None:

@@ -82,7 +82,7 @@ def adjust_settings(settings: Settings, mode: str | None) -> Settings:
             " (ALTER ROLE ... SET) and per-transaction ones with SET LOCAL"
         )
     engines = {
-        name: _adjusted_spec(spec, mode) if _is_postgresql(spec) else spec
+        name: _adjusted_with_replicas(spec, mode) if _is_postgresql(spec) else spec
         for name, spec in settings.engines.items()
     }
     return dataclasses.replace(settings, engines=engines)
@@ -126,6 +126,16 @@ def _adjusted_spec(spec: EngineSpec, mode: str) -> EngineSpec:
         )
     options = {**spec.options, "connect_args": {**connect_args, "prepare_threshold": None}}
     return dataclasses.replace(spec, options=options)
+
+
+def _adjusted_with_replicas(spec: EngineSpec, mode: str) -> EngineSpec:
+    """``spec`` adjusted, and its read replicas the same way: the extension
+    cannot tell whether they sit behind the pooler too, and behind one
+    psycopg's prepared statements would fail there just the same."""
+    adjusted = _adjusted_spec(spec, mode)
+    if not spec.replicas:
+        return adjusted
+    return dataclasses.replace(adjusted, replicas=tuple(_adjusted_spec(each, mode) for each in spec.replicas))
 
 
 def _installed(spec: EngineSpec) -> bool:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, Response, g
+from flask import Flask, g
 from sqlalchemy.engine import URL, Engine, make_url
 
 from flask_sessionscope import SessionScope
@@ -376,40 +375,3 @@ def test_read_only_view_sends_mariadb_no_more_commands_than_a_normal_read(
 
     read_only_commands, normal_commands = commands_per_request("/read-only"), commands_per_request("/normal")
     assert read_only_commands <= normal_commands, (read_only_commands, normal_commands)
-
-
-def test_read_only_view_leaves_what_it_loaded_readable_by_its_streamed_body(
-    make_app: AppFactory, observer: Engine
-) -> None:
-    """The end of a read-only request detaches the objects it loaded without
-    expiring them first, so a body streamed after the session ended (without
-    ``stream_with_context``) reads what the view loaded, instead of loading
-    it again on a connection taken after the request's answer was decided."""
-    app, db = make_app()
-    with observer.begin() as connection:
-        connection.execute(sa.insert(Item).values(key="streamed"))
-    reads_of_items: list[str] = []
-
-    def note_reads(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "items" in statement:
-            reads_of_items.append(statement)
-
-    @app.get("/stream")
-    @db.read_only
-    def stream() -> Response:
-        item = db.session.scalars(sa.select(Item).where(Item.key == "streamed")).one()
-
-        def body() -> Iterator[str]:
-            yield "key="
-            yield item.key
-
-        return Response(body())
-
-    sa.event.listen(Engine, "before_cursor_execute", note_reads)
-    try:
-        response = app.test_client().get("/stream")
-        body = response.get_data(as_text=True)
-    finally:
-        sa.event.remove(Engine, "before_cursor_execute", note_reads)
-    assert (response.status_code, body) == (200, "key=streamed")
-    assert len(reads_of_items) == 1, reads_of_items

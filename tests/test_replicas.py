@@ -538,3 +538,30 @@ def test_without_replicas_responses_carry_no_token(make_app: AppFactory) -> None
     response = app.test_client().post("/items/a")
     assert response.status_code == 201
     assert TOKEN_HEADER not in response.headers and "Set-Cookie" not in response.headers
+
+
+@pytest.mark.parametrize("pooler", [None, "transaction"])
+def test_replicas_behind_a_transaction_pooler_get_no_prepared_statements(
+    make_replica_app: Callable[..., Flask], pooler: str | None
+) -> None:
+    """``SESSIONSCOPE_POOLER = "transaction"`` turns psycopg's prepared
+    statements off on the replicas too (the extension cannot tell whether
+    they sit behind the pooler): behind one, a statement prepared on one
+    server connection is missing on the next. Without the setting psycopg
+    prepares a statement run more than five times, as the replica shows."""
+    app = make_replica_app(
+        SESSIONSCOPE_POOLER=pooler, SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0}
+    )
+    db: SessionScope = app.extensions["sessionscope"]
+
+    @app.get("/prepared")
+    def prepared() -> dict[str, Any]:
+        for _ in range(8):
+            db.session.execute(sa.text("SELECT text FROM replica_notes WHERE id = :id"), {"id": 1}).all()
+        recovery = db.session.scalar(sa.text("SELECT pg_is_in_recovery()"))
+        count = db.session.scalar(sa.text("SELECT count(*) FROM pg_prepared_statements"))
+        return {"replica": recovery, "prepared": count}
+
+    answer = app.test_client().get("/prepared").json
+    assert answer is not None and answer["replica"] is True
+    assert (answer["prepared"] == 0) == (pooler == "transaction"), answer

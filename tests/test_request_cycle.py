@@ -495,12 +495,15 @@ def test_app_context_serving_many_requests_does_not_collect_them(make_app: AppFa
         tracemalloc.start()
         try:
             before = memory_held_by_the_extension()
-            for _ in range(500):
+            for _ in range(2_000):
                 assert client.get("/").status_code == 200
             grown = memory_held_by_the_extension() - before
         finally:
             tracemalloc.stop()
-    assert grown < 5_000, f"{grown} bytes held after 500 requests"
+    # Python 3.10 keeps a spare frame per function and replaces it now and
+    # then: up to about 7 kB show up once, hundreds of requests in, and stay.
+    # Something kept per request would be 2,000 times its size.
+    assert grown < 12_000, f"{grown} bytes held after 2,000 requests"
 
 
 def test_failure_to_save_the_flask_session_rolls_back(make_app: AppFactory, observer: Engine) -> None:
