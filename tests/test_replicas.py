@@ -32,7 +32,13 @@ from flask_sessionscope import ConfigurationError, SessionScope
 from flask_sessionscope._settings import read_settings
 from flask_sessionscope._worker_databases import WorkerDatabases
 
-from .conftest import IN_CI, AppFactory, Item, server_url_or_skip
+from .conftest import IN_CI, THROUGH_PGBOUNCER, AppFactory, Item, server_url_or_skip
+
+pytestmark = pytest.mark.skipif(
+    THROUGH_PGBOUNCER,
+    reason="the replica tests need the primary itself (PgBouncer stands only in front of it, not the"
+    " replica); replicas behind the pooler's settings are tested in the normal run",
+)
 
 REPLICA_PORT = 5434
 LOCK_PATH = "/tmp/flask-sessionscope-replica-tests.lock"

@@ -28,8 +28,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from flask_sessionscope import ConfigurationError, SessionScope
 
-from .conftest import AppFactory, Item, stored_keys
+from .conftest import THROUGH_PGBOUNCER, AppFactory, Item, stored_keys
 from .test_concurrency import serve  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.skipif(
+    THROUGH_PGBOUNCER,
+    reason="the retry tests' own engines reach the server without the pooler's settings;"
+    " retry behind PgBouncer was run by the stress suite (docs/reliability.md)",
+)
 
 
 class RetryBase(DeclarativeBase):
