@@ -34,13 +34,19 @@ def should_commit(scope: ContextScope, autocommit: bool, rule: CommitRule, respo
     return bool(rule(response))
 
 
-def finish_request(scope: ContextScope, commit: bool) -> None:
+def finish_request(scope: ContextScope, commit: bool, *, closing: bool = False) -> None:
     """Commit or roll back the request's session. If the commit fails, the
-    session is closed and dropped from the scope before the error is raised."""
+    session is closed and dropped from the scope before the error is raised.
+    ``closing``: the caller closes the session right after (see
+    :func:`commit_or_discard`)."""
     session = scope.session
     assert session is not None
     if not commit:
         roll_back(session)
+        return
+    if is_read_only(session):
+        commit_or_discard(session, closing=closing)  # no COMMIT: refuses what is pending
+        scope.committed = True
         return
     transaction = session.get_transaction()
     changes = has_pending_changes(session)
@@ -61,15 +67,20 @@ def finish_request(scope: ContextScope, commit: bool) -> None:
         # body may still read it) instead of reloading it after COMMIT.
         session.expire_on_commit = False
     scope.session = None
-    commit_or_discard(session)
+    commit_or_discard(session, closing=closing)
     forget_writes(session)
     scope.session = session
     scope.committed = True
 
 
-def commit_or_discard(session: Session) -> None:
+def commit_or_discard(session: Session, *, closing: bool = False) -> None:
     """Commit ``session``; if that fails, roll back and close the session so
     its connection returns to the pool, then re-raise.
+
+    A read-only session is not committed: its pending changes are refused,
+    and it is rolled back, unless ``closing`` says the caller closes it
+    next (the close ends its transaction without expiring what it loaded
+    first, which is most of a rollback's cost).
 
     ``before_commit`` listeners see the pending objects, as with a plain
     ``commit()``. A failure of the flush that ``commit()`` runs (a
@@ -84,11 +95,12 @@ def commit_or_discard(session: Session) -> None:
     try:
         if is_read_only(session):
             session.flush()  # refuses pending changes
-            # Nothing to save, and nothing that slipped past may be. A
-            # rollback, not a close: a streamed body may still load what
-            # the view did not (a lazy relationship) until its end closes
-            # the session.
-            session.rollback()
+            if not closing:
+                # Nothing to save, and nothing that slipped past may be. A
+                # rollback, not a close: a streamed body may still load
+                # what the view did not (a lazy relationship) until its
+                # end closes the session.
+                session.rollback()
             return
         reason = aborted_reason(session)
         if reason is not None:

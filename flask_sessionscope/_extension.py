@@ -347,7 +347,7 @@ class SessionScope:
             if has_open_nested_block(block):
                 raise RuntimeError(ENDED_WITH_NESTED_BLOCK_OPEN_MESSAGE)
             _on_commit.hold(session)
-            commit_or_discard(session)
+            commit_or_discard(session, closing=True)
             committed = _on_commit.take_committed(session)
         finally:
             leave_block(block, token)
@@ -682,7 +682,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
             if decision:
                 _check_before_commit(scope, response)
                 held = _on_commit.hold(session)
-            finish_request(scope, decision)
+            finish_request(scope, decision, closing=not _streams_after_commit(response))
             if held:
                 committed = _on_commit.take_committed(session)
         except Exception as error:
@@ -702,7 +702,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
             return _flask_internals.process_response(ctx, failed)
     if committed:
         _on_commit.run(committed)
-    if response.is_streamed and not response.direct_passthrough:
+    if _streams_after_commit(response):
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.
         close_after_body(response, scope)
@@ -711,6 +711,12 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         # left writes behind it.
         close_scope(scope, check_late_writes=bool(committed))
     return response
+
+
+def _streams_after_commit(response: Response) -> bool:
+    """Whether ``response``'s body is generated after the commit, with the
+    request's session still open for it."""
+    return response.is_streamed and not response.direct_passthrough
 
 
 def _check_before_commit(scope: ContextScope, response: Response) -> None:

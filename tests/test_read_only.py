@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, g
+from flask import Flask, Response, g
 from sqlalchemy.engine import URL, Engine, make_url
 
 from flask_sessionscope import SessionScope
@@ -375,3 +375,52 @@ def test_read_only_view_sends_mariadb_no_more_commands_than_a_normal_read(
 
     read_only_commands, normal_commands = commands_per_request("/read-only"), commands_per_request("/normal")
     assert read_only_commands <= normal_commands, (read_only_commands, normal_commands)
+
+
+def test_objects_a_read_only_view_loaded_stay_readable_after_the_request(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """The end of a read-only request closes its session without expiring
+    what it loaded first (there was nothing to roll back): an object kept
+    past the request (a cache, a test) reads its loaded attributes, as
+    after a normal request that wrote nothing. It used to be rolled back,
+    which expired the object just before the close detached it."""
+    app, db = make_app()
+    with observer.begin() as connection:
+        connection.execute(sa.insert(Item).values(key="kept"))
+    kept: list[Item] = []
+
+    @app.get("/read")
+    @db.read_only
+    def read() -> str:
+        kept.append(db.session.scalars(sa.select(Item)).one())
+        return "ok"
+
+    assert app.test_client().get("/read").status_code == 200
+    assert sa.inspect(kept[0]).detached
+    assert kept[0].key == "kept"
+
+
+def test_read_only_streamed_body_can_still_load_what_the_view_did_not(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """A streamed body of a read-only view (without ``stream_with_context``)
+    runs after the end of the request; the session stays usable until the
+    body ends, so a deferred column (or a lazy relationship) still loads."""
+    app, db = make_app()
+    with observer.begin() as connection:
+        connection.execute(sa.insert(Item).values(key="streamed"))
+
+    @app.get("/stream")
+    @db.read_only
+    def stream() -> Response:
+        item = db.session.scalars(sa.select(Item).options(sa.orm.defer(Item.key))).one()
+
+        def body() -> Iterator[str]:
+            yield "key="
+            yield item.key
+
+        return Response(body())
+
+    response = app.test_client().get("/stream")
+    assert (response.status_code, response.get_data(as_text=True)) == (200, "key=streamed")
