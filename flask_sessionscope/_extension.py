@@ -29,6 +29,7 @@ from . import (
     _n_plus_one,
     _on_commit,
     _pooler,
+    _processes,
     _replicas,
     _retry,
     _tagging,
@@ -63,16 +64,15 @@ from ._partial_commits import note_commits
 from ._processes import close_pools_when_collected, fork_generation, track
 from ._schema import ALL_BINDS, MetadataArgument, MetadataByBind, metadata_by_bind, selected_binds
 from ._scope import (
+    NO_CONTEXT_MESSAGE,
     OPEN_SCOPES_ATTRIBUTE,
     SCOPE_ATTRIBUTE,
     ContextScope,
     close_at_app_context_end,
     current_context,
-    current_scope,
     ensure_scope,
     hand_over_to_enclosing_context,
     scope_of,
-    take_open_scopes,
 )
 from ._sendable import check_headers_sendable, pull_first_chunk
 from ._settings import (
@@ -275,11 +275,24 @@ class SessionScope:
     def session(self) -> Session:
         """The current request's (or app context's) session, created on first
         access. Raises :class:`RuntimeError` outside an app context."""
-        ctx, scope = current_scope()
+        # The common case, inline (this runs on every use of db.session): the
+        # context's session is open, no db.transaction() block is, and no
+        # fork happened since it was made.
+        ctx = _flask_internals.current_context()
+        scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
+        if scope is not None:
+            session = scope.session
+            if session is not None and not scope.transactions and scope.generation == _processes.generation:
+                return session
+        elif ctx is None:
+            raise RuntimeError(NO_CONTEXT_MESSAGE)
+        else:
+            scope = ensure_scope(ctx)
         session = scope.current_session()
         if session is None:
-            session = scope.session = self._new_session(ctx, scope)
-            close_at_app_context_end(ctx, scope)
+            owner = cast(Context, ctx)  # a scope is found only on a context
+            session = scope.session = self._new_session(owner, scope)
+            close_at_app_context_end(owner, scope)
         return session
 
     @property
@@ -674,6 +687,8 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         # cannot fail the same way again and again).
         decision = False
     committed: list[Any] = []
+    # The body is generated after the commit, with the session still open for it.
+    streamed = response.is_streamed and not response.direct_passthrough
     if decision is not None:
         session = scope.session
         assert session is not None
@@ -682,7 +697,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
             if decision:
                 _check_before_commit(scope, response)
                 held = _on_commit.hold(session)
-            finish_request(scope, decision, closing=not _streams_after_commit(response))
+            finish_request(scope, decision, closing=not streamed)
             if held:
                 committed = _on_commit.take_committed(session)
         except Exception as error:
@@ -702,7 +717,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
             return _flask_internals.process_response(ctx, failed)
     if committed:
         _on_commit.run(committed)
-    if _streams_after_commit(response):
+    if streamed:
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.
         close_after_body(response, scope)
@@ -711,12 +726,6 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) 
         # left writes behind it.
         close_scope(scope, check_late_writes=bool(committed))
     return response
-
-
-def _streams_after_commit(response: Response) -> bool:
-    """Whether ``response``'s body is generated after the commit, with the
-    request's session still open for it."""
-    return response.is_streamed and not response.direct_passthrough
 
 
 def _check_before_commit(scope: ContextScope, response: Response) -> None:
@@ -788,8 +797,10 @@ def _end_app_context(app_ctx: AppContext | None) -> None:
     left, after the app's own teardown functions (which may have opened one)."""
     if app_ctx is None or not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
         return
+    scopes: list[ContextScope] = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
+    delattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
     running_request: ContextScope | None = None
-    for scope in take_open_scopes(app_ctx):
+    for scope in scopes:
         if scope.session is None and not scope.transactions:
             continue  # closed already, as the end of its request does
         if running_request is None:

@@ -25,7 +25,9 @@ from collections.abc import Iterable
 from sqlalchemy.engine import Engine
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-_generation = 0
+#: How many forks separate this process from the one that imported us
+#: (:func:`fork_generation`; read directly where a call would cost too much).
+generation = 0
 #: Sessions a child inherited in use (a fork in the middle of a request).
 #: Kept referenced and never touched: closing them, or letting the garbage
 #: collector return their connections, would talk on the parent's sockets.
@@ -33,8 +35,8 @@ _inherited: list[object] = []
 
 
 def _forget_inherited_pools() -> None:
-    global _generation
-    _generation += 1
+    global generation
+    generation += 1
     for engine in list(_engines):
         engine.dispose(close=False)
 
@@ -42,7 +44,7 @@ def _forget_inherited_pools() -> None:
 def fork_generation() -> int:
     """How many forks separate this process from the one that imported us;
     a per-context record made in another generation belongs to a parent."""
-    return _generation
+    return generation
 
 
 def abandon(*sessions: object) -> None:

@@ -112,23 +112,6 @@ def current_context() -> Context:
     return ctx
 
 
-def current_scope() -> tuple[Context, ContextScope]:
-    """The context that owns ``db.session`` right now and its scope, made on
-    first need: :func:`current_context` and :func:`ensure_scope` in one
-    call, for ``db.session``, which runs this on every use.
-
-    Raises :class:`RuntimeError` outside any app context.
-    """
-    ctx = _flask_internals.current_context()
-    if ctx is None:
-        raise RuntimeError(NO_CONTEXT_MESSAGE)
-    scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
-    if scope is None:
-        scope = ContextScope()
-        setattr(ctx, SCOPE_ATTRIBUTE, scope)
-    return ctx, scope
-
-
 def scope_of(ctx: Context) -> ContextScope | None:
     """The context's scope, or None when it has never needed one."""
     # getattr, not ctx.__dict__: on Python 3.11+ reading __dict__ builds a
@@ -172,11 +155,3 @@ def _list_on(app_ctx: AppContext, scope: ContextScope) -> None:
         return
     scopes[:] = [listed for listed in scopes if listed.is_open() and listed is not scope]
     scopes.append(scope)
-
-
-def take_open_scopes(app_ctx: AppContext) -> list[ContextScope]:
-    """Take the list of scopes an ending app context is responsible for."""
-    scopes: list[ContextScope] = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [])
-    if scopes:
-        delattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
-    return scopes
