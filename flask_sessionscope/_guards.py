@@ -10,10 +10,11 @@ that becomes read-only after it was opened gets them on the instance.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
 
 from sqlalchemy import TextClause, TextualSelect, event
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
 
 from ._errors import ReadOnlySessionError
@@ -41,6 +42,43 @@ def read_only_class(factory: sessionmaker[Session]) -> type[Session]:
     cls: type[Session] = type("ReadOnlySession", (factory.class_,), refusals)
     event.listen(cls, "before_flush", _refuse_flush)
     event.listen(cls, "do_orm_execute", _refuse_dml)
+    return cls
+
+
+def read_only_class_on_checked_engines(
+    factory: sessionmaker[Session], checked: Collection[Engine]
+) -> type[Session] | None:
+    """A read-only session class for sessions whose binds are all engines of
+    ``checked``: engines whose connections refuse, before it is sent, every
+    statement that does not start as a read (:func:`refuse_state_changing_sql`),
+    on a server that keeps them read-only. The ``do_orm_execute`` listener of
+    :func:`read_only_class`, the dearest part of a read-only read, is
+    replaced by a check where the session chooses each statement's bind,
+    which SQLAlchemy calls anyway: textual SQL gets the cautious check of
+    :func:`read_only_class` there (the connection's own check is by the
+    first word only), and a statement sent to another engine
+    (``bind_arguments``) gets the whole of it. None when ``factory``'s class
+    chooses binds itself (its own ``get_bind``), which this cannot see
+    through."""
+    base = factory.class_
+    if base.get_bind is not Session.get_bind:
+        return None
+    engines = frozenset(checked)
+    choose_bind = Session.get_bind
+
+    def get_bind(
+        self: Session, mapper: Any = None, clause: Any = None, bind: Any = None, **kwargs: Any
+    ) -> Any:
+        chosen = choose_bind(self, mapper, clause=clause, bind=bind, **kwargs)
+        if clause is not None and (
+            isinstance(clause, _TEXTUAL) or getattr(chosen, "engine", chosen) not in engines
+        ):
+            _refuse_writing_statement(clause, bool(getattr(clause, "is_select", False)))
+        return chosen
+
+    refusals: dict[str, Any] = {name: _refuse_bulk for name in _BULK_METHODS}
+    cls: type[Session] = type("ReadOnlySession", (base,), {**refusals, "get_bind": get_bind})
+    event.listen(cls, "before_flush", _refuse_flush)
     return cls
 
 
@@ -85,10 +123,12 @@ def _refuse_bulk(session: Session, *args: Any, **kwargs: Any) -> NoReturn:
 def _refuse_dml(state: ORMExecuteState) -> None:
     """Let through only SELECTs and textual SQL that reads: INSERT, UPDATE,
     DELETE, DDL and any other kind of statement are refused."""
-    if not state.session.info.get(READ_ONLY):
-        return
-    statement = state.statement
-    if state.is_select:
+    if state.session.info.get(READ_ONLY):
+        _refuse_writing_statement(state.statement, state.is_select)
+
+
+def _refuse_writing_statement(statement: Any, is_select: bool) -> None:
+    if is_select:
         if not isinstance(statement, TextualSelect):
             return
         statement = statement.element  # text("...").columns(...)
@@ -98,6 +138,7 @@ def _refuse_dml(state: ORMExecuteState) -> None:
         )
 
 
+_TEXTUAL = (TextClause, TextualSelect)
 _READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "EXPLAIN", "VALUES", "TABLE", "DESCRIBE", "DESC"})
 # "INTO" catches SELECT ... INTO; a ";" followed by more SQL, a second statement.
 _WRITING_WORDS = re.compile(

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask, Response, g
 from sqlalchemy.engine import URL, Engine, make_url
 
-from flask_sessionscope import SessionScope
+from flask_sessionscope import ReadOnlySessionError, SessionScope
 
 from .conftest import AppFactory, Item, skip_through_pgbouncer, stored_keys
 
@@ -424,3 +424,56 @@ def test_read_only_streamed_body_can_still_load_what_the_view_did_not(
 
     response = app.test_client().get("/stream")
     assert (response.status_code, response.get_data(as_text=True)) == (200, "key=streamed")
+
+
+@pytest.mark.parametrize("kind", ["orm insert", "textual insert"])
+def test_read_only_view_refuses_writes_sent_to_the_apps_own_engine(
+    make_app: AppFactory, observer: Engine, backend: str, kind: str
+) -> None:
+    """A read-only session's statements are checked where it runs them: on
+    the servers, by its read-only engine, which checks each statement, and
+    when ``bind_arguments`` sends one to another engine (here the app's
+    writable engine), by the session itself, so that it is refused all the
+    same and nothing is stored."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    key = "`key`" if backend == "mariadb" else '"key"'
+    statement: sa.Executable = (
+        sa.insert(Item).values(key="elsewhere")
+        if kind == "orm insert"
+        else sa.text(f"INSERT INTO items (id, {key}) VALUES (11, 'elsewhere')")
+    )
+
+    @app.post("/elsewhere")
+    @db.read_only
+    def elsewhere() -> str:
+        db.session.scalars(sa.select(Item.key)).all()  # on the session's own engine first
+        db.session.execute(statement, bind_arguments={"bind": db.engine})
+        return "ok"
+
+    assert app.test_client().post("/elsewhere").status_code == 500
+    assert stored_keys(observer) == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["WITH doomed AS (SELECT 1) DELETE FROM items", "SELECT 1; DELETE FROM items", "TRUNCATE items"],
+)
+def test_textual_writes_in_a_read_only_view_raise_read_only_session_error(
+    make_app: AppFactory, observer: Engine, sql: str
+) -> None:
+    """Textual SQL that may write is refused by the session's own check, on
+    every backend, with :class:`ReadOnlySessionError` (not the driver's
+    error a server refusing it would give), before anything is sent."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=True)
+    with observer.begin() as connection:
+        connection.execute(sa.insert(Item).values(key="kept"))
+
+    @app.post("/try")
+    @db.read_only
+    def attempt() -> str:
+        db.session.execute(sa.text(sql))
+        return "ok"
+
+    with pytest.raises(ReadOnlySessionError):
+        app.test_client().post("/try")
+    assert stored_keys(observer) == ["kept"]
