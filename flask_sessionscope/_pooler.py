@@ -236,6 +236,36 @@ def refuse_session_level_sql(statement: str) -> None:
         raise SessionStateError(verdict)
 
 
+def _after_leading_comments(sql: str) -> str:
+    """``sql`` from its first character that is not white space or inside a
+    comment: the server runs ``/* note */ SET ...`` as a SET. PostgreSQL's
+    block comments nest, so a ``*/`` ends one only at the depth it opened."""
+    at, end = 0, len(sql)
+    while True:
+        while at < end and sql[at].isspace():
+            at += 1
+        if sql.startswith("--", at):
+            newline = sql.find("\n", at)
+            if newline < 0:
+                return ""
+            at = newline + 1
+        elif sql.startswith("/*", at):
+            depth = 0
+            while at < end:
+                if sql.startswith("/*", at):
+                    depth, at = depth + 1, at + 2
+                elif sql.startswith("*/", at):
+                    depth, at = depth - 1, at + 2
+                    if depth == 0:
+                        break
+                else:
+                    at += 1
+            else:
+                return ""  # an unterminated comment: the server refuses it
+        else:
+            return sql[at:]
+
+
 def _judge(lowered: str) -> str:
     """The refusal message for ``lowered``, or '' to let it through."""
     found = next(
@@ -243,7 +273,7 @@ def _judge(lowered: str) -> str:
             (what, instead)
             for part in lowered.split(";")
             for pattern, what, instead in _SESSION_COMMANDS
-            if pattern.match(part)
+            if pattern.match(_after_leading_comments(part))
         ),
         None,
     ) or next(((what, instead) for pattern, what, instead in _SESSION_CALLS if pattern.search(lowered)), None)

@@ -234,6 +234,11 @@ def test_with_the_setting_many_processes_share_pgbouncer(pooled_url: URL) -> Non
         ("CREATE TEMPORARY TABLE pooler_scratch (n int)", "ON COMMIT DROP"),
         ("DECLARE pooler_cursor CURSOR WITH HOLD FOR SELECT 1", "WITHOUT HOLD"),
         ("SELECT 1; SET statement_timeout = '1234s'", "SET LOCAL"),
+        # A comment before the command hides nothing from the server.
+        ("/* from a tool */ SET statement_timeout = '1234s'", "SET LOCAL"),
+        ("-- a note\nSET statement_timeout = '1234s'", "SET LOCAL"),
+        ("/* outer /* nested */ still a comment */ SET statement_timeout = '1234s'", "SET LOCAL"),
+        ("SELECT 1; /* then */ LISTEN pooler_channel", None),
     ],
 )
 def test_statements_that_leave_session_state_are_refused(
