@@ -73,11 +73,16 @@ _POSITIONS_ATTRIBUTE = "_flask_sessionscope_positions"
 _TOKEN_ATTRIBUTE = "_flask_sessionscope_token"
 #: One simple query (psycopg 3, no parameters), so one round trip.
 _COMMIT_AND_POSITION_SQL = "COMMIT; SELECT pg_current_wal_insert_lsn()::text"
-#: The replica's replay position, and its lag in seconds: none when it has
-#: replayed all it received, else the age of the last transaction replayed.
+#: The replica's replay position, and its lag in seconds: unknown (NULL)
+#: when no WAL receiver runs (cut off from the primary, it has replayed all
+#: it received however far the primary went on; the row, unlike its
+#: details, is visible to any user), none when it has replayed all it
+#: received, else the age of the last transaction replayed.
 _PROBE_SQL = (
-    "SELECT pg_last_wal_replay_lsn()::text, CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"
-    " THEN 0 ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+    "SELECT pg_last_wal_replay_lsn()::text,"
+    " CASE WHEN NOT EXISTS (SELECT FROM pg_stat_wal_receiver) THEN NULL"
+    " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+    " ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
 )
 
 #: The request context whose COMMITs are being reported, and its positions by bind.

@@ -311,6 +311,47 @@ def test_a_replica_lagging_past_the_bound_is_skipped(
         assert answer == {"port": 5432, "replica": False, "texts": ["elsewhere"]}
 
 
+@contextmanager
+def cut_off_from_the_primary(admin: Engine) -> Iterator[None]:
+    """Stop the replica's WAL receiver (no primary_conninfo), as a network
+    partition between the two servers would, and reconnect it at the end."""
+    with admin.connect() as conn:
+        conninfo = conn.scalar(sa.text("SHOW primary_conninfo"))
+
+    def set_conninfo(value: str) -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"ALTER SYSTEM SET primary_conninfo = '{value}'")
+            conn.exec_driver_sql("SELECT pg_reload_conf()")
+
+    def receiving() -> bool:
+        with admin.connect() as conn:
+            return bool(conn.scalar(sa.text("SELECT EXISTS (SELECT FROM pg_stat_wal_receiver)")))
+
+    set_conninfo("")
+    try:
+        _wait_for(lambda: not receiving(), "the replica's WAL receiver to stop")
+        yield
+    finally:
+        set_conninfo(conninfo.replace("'", "''"))
+        _wait_for(lambda: _streaming(admin), "the replica to stream from the primary again")
+
+
+def test_a_replica_cut_off_from_the_primary_is_skipped(
+    make_replica_app: Callable[..., Flask], replica_admin: Engine, primary_observer: Engine
+) -> None:
+    """A replica that receives nothing has replayed all it received, which
+    made its lag read as 0 however far the primary had moved on: clients
+    without a token read ever older rows. Its lag now counts as unknown, so
+    the lag bound skips it."""
+    client = make_replica_app().test_client()
+    with cut_off_from_the_primary(replica_admin):
+        with primary_observer.begin() as conn:  # a write the replica never receives
+            conn.exec_driver_sql("INSERT INTO replica_notes (text) VALUES ('unseen')")
+        time.sleep(1.2)  # past the cached replica position
+        assert client.get("/notes").json == {"port": 5432, "replica": False, "texts": ["unseen"]}
+    _wait_for(lambda: client.get("/notes").json["replica"] is True, "reads to use the replica again")
+
+
 def test_db_primary_reads_on_the_primary(make_replica_app: Callable[..., Flask]) -> None:
     client = make_replica_app().test_client()
     assert client.get("/on-primary").json == {"port": 5432, "replica": False}
