@@ -44,6 +44,7 @@ from itsdangerous import BadData, URLSafeSerializer
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _flask_internals
@@ -196,6 +197,10 @@ class Router:
                     _note_position(replica, position, lag)
         except DBAPIError as error:
             mark_down(replica, self.settings.down_seconds, error)
+            return False
+        except PoolTimeoutError:
+            # Every connection of its pool is in use: busy, not down.
+            logger.debug("replica %s has no free connection; this read goes elsewhere", replica.label)
             return False
         max_lag = self.settings.max_lag
         if max_lag is not None and replica.lag > max_lag:

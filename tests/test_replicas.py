@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, g
+from flask import Flask, Response, g, stream_with_context
 from flask.testing import FlaskClient
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
@@ -389,6 +389,42 @@ def test_read_only_post_reads_on_the_replica(make_replica_app: Callable[..., Fla
         return {"replica": db.session.scalar(sa.text("SELECT pg_is_in_recovery()"))}
 
     assert app.test_client().post("/search").json == {"replica": True}
+
+
+def test_a_replica_whose_pool_is_exhausted_sends_reads_to_the_primary(
+    make_replica_app: Callable[..., Flask],
+) -> None:
+    """Every connection of the replica's pool is in use (here by a streamed
+    body still being sent): the next read waits for one no longer than the
+    pool's timeout, then reads on the primary instead of failing."""
+    app = make_replica_app(
+        SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}
+    )
+    db = app.extensions["sessionscope"]
+
+    @app.get("/slow-stream")
+    def slow_stream() -> Response:
+        port = db.session.scalar(sa.text("SELECT inet_server_port()"))
+
+        @stream_with_context
+        def body() -> Iterator[str]:
+            yield f"{port}"
+            # The session takes a connection again, and holds it to the body's end.
+            yield f",{db.session.scalar(sa.text('SELECT 1'))}"
+            yield ",end"
+
+        return Response(body())
+
+    client = app.test_client()
+    streamed = client.get("/slow-stream", buffered=False)
+    try:
+        chunks = iter(streamed.response)
+        assert (next(chunks), next(chunks)) == (str(REPLICA_PORT).encode(), b",1")
+        answer = app.test_client().get("/notes")
+        assert (answer.status_code, answer.json["port"]) == (200, 5432)
+    finally:
+        streamed.close()
+    assert client.get("/notes").json["port"] == REPLICA_PORT  # not marked down
 
 
 @pytest.mark.parametrize("cache_seconds", [0, 60], ids=["position-asked", "position-cached"])
