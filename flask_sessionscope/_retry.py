@@ -241,14 +241,28 @@ def _buffer_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
             return None  # werkzeug answers such a request itself
         if size > limit:
             return None
-        return stream.read(size) if stream is not None and size > 0 else b""
+        return _read_up_to(stream, size) if stream is not None and size > 0 else b""
     if stream is None or not environ.get("wsgi.input_terminated"):
         return b""  # no body (WSGI: none without a length, unless the server ends the stream)
-    head = stream.read(limit + 1)
+    head = _read_up_to(stream, limit + 1)
     if len(head) > limit:
         environ["wsgi.input"] = _Prefixed(head, stream)
         return None
     return bytes(head)
+
+
+def _read_up_to(stream: Any, size: int) -> bytes:
+    """``size`` bytes of ``stream``, fewer only at its end: a server's input
+    may return less than asked from one ``read()`` (a chunk, a packet)."""
+    parts: list[bytes] = []
+    missing = size
+    while missing > 0:
+        part = stream.read(missing)
+        if not part:
+            break
+        parts.append(part)
+        missing -= len(part)
+    return b"".join(parts)
 
 
 class _HeldResponse:

@@ -15,6 +15,7 @@ connection.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import threading
@@ -439,6 +440,52 @@ def test_each_attempt_reads_the_same_body_in_a_fresh_context(
     assert seen[0] == seen[1]
     assert seen[1][3] == 1
     assert any(part for part in seen[1][:3])
+
+
+class _ShortReads(io.RawIOBase):
+    """A request body that gives at most 7 bytes per read, as a server's
+    input may (one chunk or packet at a time)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        part, self._data = self._data[: min(7, len(buffer))], self._data[min(7, len(buffer)) :]
+        buffer[: len(part)] = part
+        return len(part)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "terminated"])
+def test_a_body_read_in_short_pieces_is_kept_whole(
+    server_app: AppFactory, observer: sa.Engine, framing: str
+) -> None:
+    app, db = server_app(SESSIONSCOPE_RETRY_BACKOFF=0)
+    sent = bytes(range(256)) * 3
+    bodies: list[bytes] = []
+
+    @app.post("/upload")
+    @db.retry(attempts=2)
+    def upload() -> tuple[str, int]:
+        bodies.append(request.get_data())
+        if len(bodies) == 1:
+            conflict(db.session, observer)
+        return "stored", 201
+
+    framed: dict[str, Any] = (
+        {"CONTENT_LENGTH": "", "wsgi.input_terminated": True}
+        if framing == "terminated"
+        else {"CONTENT_LENGTH": str(len(sent))}
+    )
+    response = app.test_client().post(
+        "/upload",
+        content_type="application/octet-stream",
+        environ_overrides={"wsgi.input": _ShortReads(sent), **framed},
+    )
+    assert response.status_code == 201
+    assert bodies == [sent, sent]
 
 
 def test_a_body_over_the_limit_is_not_retried(
