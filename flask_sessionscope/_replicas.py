@@ -34,6 +34,7 @@ import logging
 import math
 import select
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -86,8 +87,9 @@ _PROBE_SQL = (
     " ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
 )
 
-#: The request context whose COMMITs are being reported, and its positions by bind.
-_sink: ContextVar[tuple[Context, dict[str, int]] | None] = ContextVar(
+#: The request context whose COMMITs are being reported (by weak reference:
+#: the variable outlives the request in its thread), and its positions by bind.
+_sink: ContextVar[tuple[weakref.ref[Context], dict[str, int]] | None] = ContextVar(
     "flask_sessionscope_positions", default=None
 )
 
@@ -403,9 +405,11 @@ def _report_positions(engine: Engine, name: str) -> None:
 
     def do_commit(dbapi_connection: Any) -> None:
         sink = _sink.get()
-        if sink is None or sink[0] is not _flask_internals.request_context():
+        collecting = sink[0]() if sink is not None else None
+        if collecting is None or collecting is not _flask_internals.request_context():
             commit(dbapi_connection)
             return
+        assert sink is not None
         position = _commit_reading_position(dbapi_connection, commit)
         if position is not None:
             sink[1][name] = max(position, sink[1].get(name, 0))
@@ -443,4 +447,4 @@ def _collect_positions(session: Session) -> None:
     if positions is None:
         positions = {}
         setattr(ctx, _POSITIONS_ATTRIBUTE, positions)
-    _sink.set((ctx, positions))
+    _sink.set((weakref.ref(ctx), positions))

@@ -14,16 +14,18 @@ running.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask, Response, g, stream_with_context
+from flask import Flask, Response, g, request, stream_with_context
 from flask.testing import FlaskClient
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
@@ -350,6 +352,26 @@ def test_a_replica_cut_off_from_the_primary_is_skipped(
         time.sleep(1.2)  # past the cached replica position
         assert client.get("/notes").json == {"port": 5432, "replica": False, "texts": ["unseen"]}
     _wait_for(lambda: client.get("/notes").json["replica"] is True, "reads to use the replica again")
+
+
+def test_a_writing_request_is_not_kept_alive_after_its_end(make_replica_app: Callable[..., Flask]) -> None:
+    """The positions of a request's COMMITs are collected for its token; the
+    request (its context, and so its objects and ``g``) must not stay
+    referenced by that collection once it has been answered."""
+    app = make_replica_app()
+    requests: list[weakref.ref[Any]] = []
+
+    @app.post("/remembered/<text>")
+    def remembered(text: str) -> tuple[str, int]:
+        requests.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        db = app.extensions["sessionscope"]
+        db.session.execute(sa.text("INSERT INTO replica_notes (text) VALUES (:t)"), {"t": text})
+        return "stored", 201
+
+    client = app.test_client()
+    assert client.post("/remembered/a").status_code == 201
+    gc.collect()
+    assert requests[0]() is None
 
 
 def test_db_primary_reads_on_the_primary(make_replica_app: Callable[..., Flask]) -> None:
