@@ -232,7 +232,6 @@ class SessionScope:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
         note_commits(factory, engines)
-        _on_commit.install(factory)
         replicas = _replicas.configure(app, settings, engines, read_only_engines, factory)
         replica_engines = replicas.engines if replicas is not None else []
         for engine in replica_engines:

@@ -1,8 +1,9 @@
 """Callbacks that run once a unit of work is committed (``db.on_commit``).
 
 A callback is kept in the ``info`` of the session it belongs to, with the
-SAVEPOINT that was open when it was registered. Three listeners on the
-app's sessionmaker, registered once at ``init_app``, follow the session's
+SAVEPOINT that was open when it was registered. Three listeners, put on
+that session when its first callback is registered (so that sessions which
+never get one, most of them, pay nothing for them), follow its
 transactions:
 
 - a SAVEPOINT rolled back drops the callbacks registered inside it (and in
@@ -15,8 +16,7 @@ The extension's own commits (the end of a request, the end of a
 ``db.transaction()`` block) hold the callbacks instead of letting the end of
 the transaction run them, and run them once the request's or the block's
 bookkeeping is done, so that a callback using ``db.session`` finds a
-session in a normal state. A session without callbacks costs each
-listener one dictionary look-up.
+session in a normal state.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from weakref import WeakKeyDictionary
 
 from flask import Flask
 from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
 
 from . import _flask_internals
 
@@ -41,6 +41,7 @@ Callback = Callable[[], Any]
 _CALLBACKS = "flask_sessionscope.on_commit"
 _COMMITTED = "flask_sessionscope.on_commit.committed"
 _HELD = "flask_sessionscope.on_commit.held"
+_LISTENING = "flask_sessionscope.on_commit.listening"
 
 #: Per app, a stack of lists that record callbacks instead of running them
 #: (the pytest plugin's ``db_isolation``, where nothing really commits).
@@ -55,17 +56,15 @@ class _Registered:
     savepoint: SessionTransaction | None
 
 
-def install(factory: sessionmaker[Session]) -> None:
-    """Follow the transactions of every session ``factory`` makes."""
-    event.listen(factory, "after_commit", _after_commit)
-    event.listen(factory, "after_soft_rollback", _after_soft_rollback)
-    event.listen(factory, "after_transaction_end", _after_transaction_end)
-
-
 def register(session: Session, app: Flask, callback: Callback) -> None:
     """Run ``callback`` after ``session``'s outermost COMMIT; forget it if
     the transaction, or the SAVEPOINT open now, rolls back."""
     entry = _Registered(app, callback, session.get_nested_transaction())
+    if _LISTENING not in session.info:
+        session.info[_LISTENING] = True  # a session keeps its listeners for its whole life
+        event.listen(session, "after_commit", _after_commit)
+        event.listen(session, "after_soft_rollback", _after_soft_rollback)
+        event.listen(session, "after_transaction_end", _after_transaction_end)
     session.info.setdefault(_CALLBACKS, []).append(entry)
 
 
