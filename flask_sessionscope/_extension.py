@@ -292,11 +292,13 @@ class SessionScope:
             session = scope.session
             if session is not None and not scope.transactions and scope.generation == _processes.generation:
                 return session
+            session = scope.current_session()
         elif ctx is None:
             raise RuntimeError(NO_CONTEXT_MESSAGE)
         else:
-            scope = ensure_scope(ctx)
-        session = scope.current_session()
+            scope = ContextScope()  # the context's first need of one: nothing is open yet
+            setattr(ctx, SCOPE_ATTRIBUTE, scope)
+            session = None
         if session is None:
             owner = cast(Context, ctx)  # a scope is found only on a context
             session = scope.session = self._new_session(owner, scope)
@@ -624,7 +626,9 @@ class SessionScope:
         return read_settings(app.config, app.instance_path)
 
     def _new_session(self, ctx: Context, scope: ContextScope) -> Session:
-        state = self._state(ctx.app)
+        state = scope.state
+        if state is None:
+            state = scope.state = self._state(ctx.app)
         factory = state.sessionmaker
         if not scope.read_only:
             return factory()
@@ -694,7 +698,9 @@ def _end_request(ctx: Context, response: Response) -> Response:
 
 def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) -> Response:
     """The end of a request that used its session: decide, finish, close."""
-    state: _AppState = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
+    state = scope.state
+    if state is None:  # noted when the session was made; looked up should anything else have made it
+        state = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
     decision = should_commit(scope, state.autocommit, state.commit_rule, response)
     if decision and scope.commit_failed:
         # The error response of a failed commit, whose after_request
@@ -811,9 +817,9 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
 def _end_app_context(app_ctx: AppContext | None) -> None:
     """Teardown of an app context: close the sessions it and its requests
     left, after the app's own teardown functions (which may have opened one)."""
-    if app_ctx is None or not hasattr(app_ctx, OPEN_SCOPES_ATTRIBUTE):
+    scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
+    if scopes is None or app_ctx is None:  # (no app context has none)
         return
-    scopes: list[ContextScope] = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
     delattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
     running_request: ContextScope | None = None
     for scope in scopes:

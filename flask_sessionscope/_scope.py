@@ -17,6 +17,8 @@ and again when the body ends, and the flags must survive in between.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask.ctx import AppContext
 from sqlalchemy.orm import Session
 
@@ -24,6 +26,9 @@ from . import _flask_internals
 from ._blocks import current_block
 from ._flask_internals import Context
 from ._processes import abandon, fork_generation
+
+if TYPE_CHECKING:
+    from ._extension import _AppState
 
 #: Where a context keeps its scope, and an app context the scopes it must
 #: close. The code that ends every request reads them inline: a function
@@ -71,6 +76,9 @@ class ContextScope:
     request_failed = False
     #: A streamed body is being sent: its end, not teardown, closes the sessions.
     streaming = False
+    #: The app's extension state, noted when the context's first session is
+    #: made, so that the end of the request need not look it up again.
+    state: _AppState | None = None
 
     def __init__(self) -> None:
         #: The fork generation of the process that opened the sessions.
