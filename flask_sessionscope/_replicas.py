@@ -75,15 +75,16 @@ _POSITIONS_ATTRIBUTE = "_flask_sessionscope_positions"
 _TOKEN_ATTRIBUTE = "_flask_sessionscope_token"
 #: One simple query (psycopg 3, no parameters), so one round trip.
 _COMMIT_AND_POSITION_SQL = "COMMIT; SELECT pg_current_wal_insert_lsn()::text"
-#: The replica's replay position, and its lag in seconds: unknown (NULL)
-#: when no WAL receiver runs (cut off from the primary, it has replayed all
-#: it received however far the primary went on; the row, unlike its
-#: details, is visible to any user), none when it has replayed all it
-#: received, else the age of the last transaction replayed.
+#: The replica's replay position, and its lag in seconds: none while it
+#: streams from the primary and has replayed all it received, else the age
+#: of the last transaction it replayed. Without a WAL receiver (cut off from
+#: the primary, or fed from an archive) "replayed all it received" says
+#: nothing about how far the primary went on, so the age counts. (The
+#: receiver's row, unlike its details, is visible to any user.)
 _PROBE_SQL = (
     "SELECT pg_last_wal_replay_lsn()::text,"
-    " CASE WHEN NOT EXISTS (SELECT FROM pg_stat_wal_receiver) THEN NULL"
-    " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+    " CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"
+    " AND EXISTS (SELECT FROM pg_stat_wal_receiver) THEN 0"
     " ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
 )
 

@@ -343,9 +343,9 @@ def test_a_replica_cut_off_from_the_primary_is_skipped(
 ) -> None:
     """A replica that receives nothing has replayed all it received, which
     made its lag read as 0 however far the primary had moved on: clients
-    without a token read ever older rows. Its lag now counts as unknown, so
-    the lag bound skips it."""
-    client = make_replica_app().test_client()
+    without a token read ever older rows. Its lag is now the age of the
+    last transaction it replayed, so the lag bound skips it."""
+    client = make_replica_app(SESSIONSCOPE_REPLICA_MAX_LAG_SECONDS=0.5).test_client()
     with cut_off_from_the_primary(replica_admin):
         with primary_observer.begin() as conn:  # a write the replica never receives
             conn.exec_driver_sql("INSERT INTO replica_notes (text) VALUES ('unseen')")
