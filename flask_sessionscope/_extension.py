@@ -137,12 +137,6 @@ class _AppState:
     read_only_engines: dict[Engine, Engine]
     #: Read replicas and the choice among them; None without replicas.
     replicas: _replicas.Router | None = None
-    #: The engines whose connections check every statement themselves (the
-    #: read-only engines and the replicas), and the lighter read-only
-    #: session class for sessions bound to one of them (None when the
-    #: app's session class chooses binds itself).
-    checked_engines: frozenset[Engine] = frozenset()
-    checked_read_only_class: type[Session] | None = None
 
 
 class SessionScope:
@@ -237,7 +231,6 @@ class SessionScope:
         for engine in replica_engines:
             track(engine)
         close_pools_when_collected(app, replica_engines)
-        checked_engines = frozenset([*read_only_engines.values(), *replica_engines])
         self._states[app] = _AppState(
             engines,
             factory,
@@ -246,8 +239,6 @@ class SessionScope:
             _guards.read_only_class(factory),
             read_only_engines,
             replicas,
-            checked_engines,
-            _guards.read_only_class_on_checked_engines(factory, checked_engines),
         )
         app.extensions[EXTENSION_KEY] = self
         if worker_databases is not None:
@@ -637,15 +628,7 @@ class SessionScope:
         options = _connection_state.read_only_session_options(factory.kw, state.read_only_engines)
         if state.replicas is not None:
             options = state.replicas.route(ctx, options)
-        session_class = state.read_only_class
-        checked_class = state.checked_read_only_class
-        if (
-            checked_class is not None
-            and not options.get("binds")
-            and options.get("bind") in state.checked_engines
-        ):
-            session_class = checked_class
-        return _guards.new_read_only_session(session_class, options)
+        return _guards.new_read_only_session(state.read_only_class, options)
 
     def _shell_context(self) -> dict[str, Any]:
         return {**mapped_classes(), "db": self}

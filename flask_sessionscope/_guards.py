@@ -10,11 +10,10 @@ that becomes read-only after it was opened gets them on the instance.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from sqlalchemy import TextClause, TextualSelect, event
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
 
 from ._errors import ReadOnlySessionError
@@ -36,48 +35,34 @@ def mark_read_only(session: Session) -> None:
 def read_only_class(factory: sessionmaker[Session]) -> type[Session]:
     """A subclass of ``factory``'s session class whose instances refuse writes
     from the start (they still need :func:`mark_read_only`'s flag, which
-    :func:`new_read_only_session` sets)."""
-    # The bulk methods write without a flush and without do_orm_execute.
-    refusals = {name: _refuse_bulk for name in _BULK_METHODS}
-    cls: type[Session] = type("ReadOnlySession", (factory.class_,), refusals)
-    event.listen(cls, "before_flush", _refuse_flush)
-    event.listen(cls, "do_orm_execute", _refuse_dml)
-    return cls
+    :func:`new_read_only_session` sets).
 
-
-def read_only_class_on_checked_engines(
-    factory: sessionmaker[Session], checked: Collection[Engine]
-) -> type[Session] | None:
-    """A read-only session class for sessions whose binds are all engines of
-    ``checked``: engines whose connections refuse, before it is sent, every
-    statement that does not start as a read (:func:`refuse_state_changing_sql`),
-    on a server that keeps them read-only. The ``do_orm_execute`` listener of
-    :func:`read_only_class`, the dearest part of a read-only read, is
-    replaced by a check where the session chooses each statement's bind,
-    which SQLAlchemy calls anyway: textual SQL gets the cautious check of
-    :func:`read_only_class` there (the connection's own check is by the
-    first word only), and a statement sent to another engine
-    (``bind_arguments``) gets the whole of it. None when ``factory``'s class
-    chooses binds itself (its own ``get_bind``), which this cannot see
-    through."""
+    Statements are checked in ``execute()``, ``scalar()`` and ``scalars()``,
+    the three ways in which anything run through a session (``get()``,
+    lazy loads, ``Query``) reaches SQLAlchemy's execution, rather than in a
+    ``do_orm_execute`` listener, which would have SQLAlchemy build an
+    event state for every statement: most of what a read-only read cost on
+    top of a plain one. Sessions made read-only once open get the listener
+    instead (:func:`mark_read_only`).
+    """
     base = factory.class_
-    if base.get_bind is not Session.get_bind:
-        return None
-    engines = frozenset(checked)
-    choose_bind = Session.get_bind
 
-    def get_bind(
-        self: Session, mapper: Any = None, clause: Any = None, bind: Any = None, **kwargs: Any
-    ) -> Any:
-        chosen = choose_bind(self, mapper, clause=clause, bind=bind, **kwargs)
-        if clause is not None and (
-            isinstance(clause, _TEXTUAL) or getattr(chosen, "engine", chosen) not in engines
-        ):
-            _refuse_writing_statement(clause, bool(getattr(clause, "is_select", False)))
-        return chosen
+    def execute(self: Session, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _refuse_if_read_only(self, statement)
+        return base.execute(self, statement, *args, **kwargs)
 
-    refusals: dict[str, Any] = {name: _refuse_bulk for name in _BULK_METHODS}
-    cls: type[Session] = type("ReadOnlySession", (base,), {**refusals, "get_bind": get_bind})
+    def scalar(self: Session, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _refuse_if_read_only(self, statement)
+        return base.scalar(self, statement, *args, **kwargs)
+
+    def scalars(self: Session, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _refuse_if_read_only(self, statement)
+        return base.scalars(self, statement, *args, **kwargs)
+
+    # The bulk methods write without a flush and without execute().
+    methods: dict[str, Any] = {name: _refuse_bulk for name in _BULK_METHODS}
+    methods.update(execute=execute, scalar=scalar, scalars=scalars)
+    cls: type[Session] = type("ReadOnlySession", (base,), methods)
     event.listen(cls, "before_flush", _refuse_flush)
     return cls
 
@@ -127,6 +112,11 @@ def _refuse_dml(state: ORMExecuteState) -> None:
         _refuse_writing_statement(state.statement, state.is_select)
 
 
+def _refuse_if_read_only(session: Session, statement: Any) -> None:
+    if session.info.get(READ_ONLY):
+        _refuse_writing_statement(statement, bool(getattr(statement, "is_select", False)))
+
+
 def _refuse_writing_statement(statement: Any, is_select: bool) -> None:
     if is_select:
         if not isinstance(statement, TextualSelect):
@@ -138,12 +128,11 @@ def _refuse_writing_statement(statement: Any, is_select: bool) -> None:
         )
 
 
-_TEXTUAL = (TextClause, TextualSelect)
 _READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "EXPLAIN", "VALUES", "TABLE", "DESCRIBE", "DESC"})
 # "INTO" catches SELECT ... INTO; a ";" followed by more SQL, a second statement.
 _WRITING_WORDS = re.compile(
     r"\b(INSERT|(?<!FOR )UPDATE|DELETE|MERGE|REPLACE|CREATE|DROP|ALTER|TRUNCATE|INTO|GRANT|CALL|DO|COPY|LOCK)\b"
-    r"|;\s*\S|:=|set_config|advisory_lock|get_lock",
+    r"|;\s*\S|:=|set_config|advisory_lock|get_lock|\bu&[\"']",
     re.IGNORECASE,
 )
 # What a read-only engine's connection may be sent, judged on the SQL the
@@ -156,7 +145,9 @@ _READING_START = re.compile(
     r"\s*\(*\s*(?:select|with|show|explain|values|table|describe|desc|savepoint|release|rollback)\b"
 )
 _INTO_OR_SECOND_STATEMENT = re.compile(r"\binto\b|;\s*\S")
-_STATE_CHANGING_WORDS = ("set_config", "advisory_lock", "get_lock", ":=")
+#: "u&": PostgreSQL's Unicode escapes (U&"\0073et_config") spell any name
+#: without its letters.
+_STATE_CHANGING_WORDS = ("set_config", "advisory_lock", "get_lock", ":=", "u&")
 #: Verdicts by SQL string. SQLAlchemy hands the driver the same string object
 #: each time a cached statement runs, so a lookup costs a cached hash; the
 #: size bound keeps statements with inlined values from growing it for ever.

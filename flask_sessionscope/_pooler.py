@@ -239,16 +239,17 @@ def refuse_session_level_sql(statement: str) -> None:
 def _after_leading_comments(sql: str) -> str:
     """``sql`` from its first character that is not white space or inside a
     comment: the server runs ``/* note */ SET ...`` as a SET. PostgreSQL's
-    block comments nest, so a ``*/`` ends one only at the depth it opened."""
+    block comments nest, so a ``*/`` ends one only at the depth it opened,
+    and a ``--`` comment ends at a carriage return as at a line feed."""
     at, end = 0, len(sql)
     while True:
         while at < end and sql[at].isspace():
             at += 1
         if sql.startswith("--", at):
-            newline = sql.find("\n", at)
-            if newline < 0:
+            ends = [found for found in (sql.find("\n", at), sql.find("\r", at)) if found >= 0]
+            if not ends:
                 return ""
-            at = newline + 1
+            at = min(ends) + 1
         elif sql.startswith("/*", at):
             depth = 0
             while at < end:
@@ -268,12 +269,16 @@ def _after_leading_comments(sql: str) -> str:
 
 def _judge(lowered: str) -> str:
     """The refusal message for ``lowered``, or '' to let it through."""
+    # Every statement starts at the beginning or after a ";", past white
+    # space and comments; each ";" is taken as a possible end (one inside a
+    # comment or a string only makes the check stricter).
+    starts = (0, *(at + 1 for at, char in enumerate(lowered) if char == ";"))
     found = next(
         (
             (what, instead)
-            for part in lowered.split(";")
+            for start in starts
             for pattern, what, instead in _SESSION_COMMANDS
-            if pattern.match(_after_leading_comments(part))
+            if pattern.match(_after_leading_comments(lowered[start:]))
         ),
         None,
     ) or next(((what, instead) for pattern, what, instead in _SESSION_CALLS if pattern.search(lowered)), None)

@@ -73,6 +73,8 @@ _SALT = "flask-sessionscope.position"
 _PRIMARY_ATTRIBUTE = "_flask_sessionscope_primary"
 _POSITIONS_ATTRIBUTE = "_flask_sessionscope_positions"
 _TOKEN_ATTRIBUTE = "_flask_sessionscope_token"
+#: How long reads skip a replica whose pool had no free connection in time.
+BUSY_SECONDS = 1.0
 #: One simple query (psycopg 3, no parameters), so one round trip.
 _COMMIT_AND_POSITION_SQL = "COMMIT; SELECT pg_current_wal_insert_lsn()::text"
 #: The replica's replay position, and its lag in seconds: none while it
@@ -110,6 +112,7 @@ class _Replica:
     lag: float = math.inf
     checked_at: float = -math.inf
     down_until: float = -math.inf
+    busy_until: float = -math.inf
 
 
 @dataclass
@@ -187,7 +190,7 @@ class Router:
 
     def _usable(self, replica: _Replica, needed: int | None) -> bool:
         now = time.monotonic()
-        if replica.down_until > now:
+        if replica.down_until > now or replica.busy_until > now:
             return False
         stale = now - replica.checked_at > self.settings.cache_seconds
         behind = needed is not None and replica.replayed < needed
@@ -202,8 +205,12 @@ class Router:
             mark_down(replica, self.settings.down_seconds, error)
             return False
         except PoolTimeoutError:
-            # Every connection of its pool is in use: busy, not down.
-            logger.debug("replica %s has no free connection; this read goes elsewhere", replica.label)
+            # Every connection of its pool is in use: busy, not down. The
+            # next reads go elsewhere without waiting the pool's timeout too.
+            replica.busy_until = time.monotonic() + BUSY_SECONDS
+            logger.debug(
+                "replica %s has no free connection; reads go elsewhere for %g s", replica.label, BUSY_SECONDS
+            )
             return False
         max_lag = self.settings.max_lag
         if max_lag is not None and replica.lag > max_lag:

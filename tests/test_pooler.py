@@ -239,6 +239,12 @@ def test_with_the_setting_many_processes_share_pgbouncer(pooled_url: URL) -> Non
         ("-- a note\nSET statement_timeout = '1234s'", "SET LOCAL"),
         ("/* outer /* nested */ still a comment */ SET statement_timeout = '1234s'", "SET LOCAL"),
         ("SELECT 1; /* then */ LISTEN pooler_channel", None),
+        # A ";" inside a comment does not end the statement, and "--" ends at "\r" too.
+        ("/* ; */ SET statement_timeout = '1234s'", "SET LOCAL"),
+        ("-- a;b\nSET statement_timeout = '1234s'", "SET LOCAL"),
+        ("/* it's; */ RESET statement_timeout", "SET LOCAL"),
+        ("/* ; */ LISTEN pooler_channel", None),
+        ("-- a note\rSET statement_timeout = '1234s'", "SET LOCAL"),
     ],
 )
 def test_statements_that_leave_session_state_are_refused(

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -426,32 +427,55 @@ def test_read_only_streamed_body_can_still_load_what_the_view_did_not(
     assert (response.status_code, response.get_data(as_text=True)) == (200, "key=streamed")
 
 
-@pytest.mark.parametrize("kind", ["orm insert", "textual insert"])
-def test_read_only_view_refuses_writes_sent_to_the_apps_own_engine(
-    make_app: AppFactory, observer: Engine, backend: str, kind: str
+@pytest.mark.parametrize(
+    ("kind", "bind_arguments"),
+    [
+        ("orm insert", {"bind": "app engine"}),
+        ("textual insert", {"bind": "app engine"}),
+        ("core update", {"bind": "app engine", "clause": None}),
+        ("core update", {"bind": "app engine", "clause": "a select"}),
+        ("update with a cte", {}),
+        ("delete with a cte", {}),
+    ],
+)
+def test_read_only_view_refuses_writes_whatever_their_sql_or_bind(
+    make_app: AppFactory, observer: Engine, backend: str, kind: str, bind_arguments: dict[str, Any]
 ) -> None:
-    """A read-only session's statements are checked where it runs them: on
-    the servers, by its read-only engine, which checks each statement, and
-    when ``bind_arguments`` sends one to another engine (here the app's
-    writable engine), by the session itself, so that it is refused all the
-    same and nothing is stored."""
-    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    """Every statement run through a read-only session is judged by the
+    session itself, as the statement it is: one sent to the app's writable
+    engine with ``bind_arguments`` (whatever ``clause`` they name), and DML
+    whose SQL starts with ``WITH`` (which the read-only connections' own
+    check, by first word, lets through to the server), are refused with
+    :class:`ReadOnlySessionError` before anything is sent, and nothing is
+    stored even when the view then commits."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=True)
+    with observer.begin() as connection:
+        connection.execute(sa.insert(Item).values(key="kept"))
     key = "`key`" if backend == "mariadb" else '"key"'
-    statement: sa.Executable = (
-        sa.insert(Item).values(key="elsewhere")
-        if kind == "orm insert"
-        else sa.text(f"INSERT INTO items (id, {key}) VALUES (11, 'elsewhere')")
-    )
+    cte = sa.select(sa.literal(1).label("a")).cte("c")
+    statements: dict[str, sa.Executable] = {
+        "orm insert": sa.insert(Item).values(key="elsewhere"),
+        "textual insert": sa.text(f"INSERT INTO items (id, {key}) VALUES (11, 'elsewhere')"),
+        "core update": sa.update(Item.__table__).values(key="changed"),
+        "update with a cte": sa.update(Item).values(key="changed").add_cte(cte),
+        "delete with a cte": sa.delete(Item).add_cte(cte),
+    }
 
-    @app.post("/elsewhere")
+    @app.post("/write")
     @db.read_only
-    def elsewhere() -> str:
+    def write() -> str:
         db.session.scalars(sa.select(Item.key)).all()  # on the session's own engine first
-        db.session.execute(statement, bind_arguments={"bind": db.engine})
+        arguments = {
+            name: db.engine if value == "app engine" else sa.select(Item.id) if value == "a select" else value
+            for name, value in bind_arguments.items()
+        }
+        db.session.execute(statements[kind], bind_arguments=arguments or None)
+        db.session.commit()
         return "ok"
 
-    assert app.test_client().post("/elsewhere").status_code == 500
-    assert stored_keys(observer) == []
+    with pytest.raises(ReadOnlySessionError):
+        app.test_client().post("/write")
+    assert stored_keys(observer) == ["kept"]
 
 
 @pytest.mark.parametrize(
@@ -477,3 +501,40 @@ def test_textual_writes_in_a_read_only_view_raise_read_only_session_error(
     with pytest.raises(ReadOnlySessionError):
         app.test_client().post("/try")
     assert stored_keys(observer) == ["kept"]
+
+
+def test_unicode_escaped_names_cannot_switch_a_read_only_connection_back(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    """PostgreSQL's ``U&"..."`` spells ``set_config`` without its letters;
+    such SQL is refused in read-only sessions, through the session and on
+    the connection, so the connection stays read-only for the next request."""
+    if server_backend != "postgresql":
+        pytest.skip("Unicode escapes in names are PostgreSQL's syntax")
+    skip_through_pgbouncer("read-only sessions run in BEGIN READ ONLY transactions there")
+    app, db = make_app(SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0})
+    escaped = "SELECT U&\"\\0073et_config\"('default_transaction_read_only', 'off', false)"
+
+    @app.post("/switch")
+    @db.read_only
+    def switch() -> dict[str, bool]:
+        outcome = {}
+        for name, run in [
+            ("by_text", lambda: db.session.execute(sa.text(escaped))),
+            ("on_the_connection", lambda: db.session.connection().exec_driver_sql(escaped)),
+        ]:
+            try:
+                run()
+                outcome[name] = True
+            except ReadOnlySessionError:
+                outcome[name] = False
+        return outcome
+
+    @app.get("/mode")
+    @db.read_only
+    def mode() -> str:
+        return str(db.session.scalar(sa.text("SHOW default_transaction_read_only")))
+
+    client = app.test_client()
+    assert client.post("/switch").json == {"by_text": False, "on_the_connection": False}
+    assert client.get("/mode").get_data(as_text=True) == "on"

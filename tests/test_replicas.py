@@ -414,7 +414,7 @@ def test_read_only_post_reads_on_the_replica(make_replica_app: Callable[..., Fla
 
 
 def test_a_replica_whose_pool_is_exhausted_sends_reads_to_the_primary(
-    make_replica_app: Callable[..., Flask],
+    make_replica_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every connection of the replica's pool is in use (here by a streamed
     body still being sent): the next read waits for one no longer than the
@@ -442,11 +442,16 @@ def test_a_replica_whose_pool_is_exhausted_sends_reads_to_the_primary(
     try:
         chunks = iter(streamed.response)
         assert (next(chunks), next(chunks)) == (str(REPLICA_PORT).encode(), b",1")
-        answer = app.test_client().get("/notes")
-        assert (answer.status_code, answer.json["port"]) == (200, 5432)
+        with caplog.at_level(logging.DEBUG, logger="flask_sessionscope"):
+            for _ in range(3):
+                answer = app.test_client().get("/notes")
+                assert (answer.status_code, answer.json["port"]) == (200, 5432)
+        # Only the first read waited for the pool; the next ones went to the primary at once.
+        assert sum("has no free connection" in r.getMessage() for r in caplog.records) == 1
+        assert not any("is down" in r.getMessage() for r in caplog.records)
     finally:
         streamed.close()
-    assert client.get("/notes").json["port"] == REPLICA_PORT  # not marked down
+    _wait_for(lambda: client.get("/notes").json["port"] == REPLICA_PORT, "reads to use the replica again")
 
 
 @pytest.mark.parametrize("cache_seconds", [0, 60], ids=["position-asked", "position-cached"])
