@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from ._aborted import aborted_reason
 from ._errors import TransactionAbortedError
 from ._failures import CommitInterrupted
-from ._guards import FLUSHED, forget_writes, has_unsaved_writes, is_read_only
+from ._guards import FLUSHED, forget_writes, has_unsaved_writes, never_commits
 from ._partial_commits import partly_applied
 from ._scope import ContextScope
 from ._settings import CommitRule
@@ -44,7 +44,7 @@ def finish_request(scope: ContextScope, commit: bool, *, closing: bool = False) 
     if not commit:
         roll_back(session)
         return
-    if is_read_only(session):
+    if never_commits(session):
         commit_or_discard(session, closing=closing)  # no COMMIT: refuses what is pending
         scope.committed = True
         return
@@ -93,7 +93,7 @@ def commit_or_discard(session: Session, *, closing: bool = False) -> None:
     committed but raised as :class:`TransactionAbortedError`.
     """
     try:
-        if is_read_only(session):
+        if never_commits(session):
             session.flush()  # refuses pending changes
             if not closing:
                 # Nothing to save, and nothing that slipped past may be. A

@@ -339,7 +339,7 @@ class SessionScope:
         if parent is None:
             with self._outermost_block(ctx, scope) as session:
                 yield session
-        elif _guards.is_read_only(parent.session):
+        elif _guards.never_commits(parent.session):
             # It writes nothing and may be in autocommit mode, where a
             # SAVEPOINT is an error: there is nothing to nest.
             yield parent.session
@@ -408,7 +408,7 @@ class SessionScope:
         committed answer stands.
 
         With no unit of work open (an app context with no transaction), or
-        in a read-only session, which never commits anything, the callback
+        in a session read-only from its start, which never commits, the callback
         runs at once.
         """
         ctx = current_context()
@@ -417,7 +417,7 @@ class SessionScope:
         session = scope.current_session() if scope is not None else None
         if session is None and in_request:
             session = self.session  # the request's unit of work, committed at its end
-        if session is None or _guards.is_read_only(session):
+        if session is None or _guards.never_commits(session):
             _on_commit.run_one(ctx.app, callback)
             return
         in_block = scope is not None and current_block(scope) is not None

@@ -20,14 +20,21 @@ from ._errors import ReadOnlySessionError
 from ._sqlalchemy_internals import has_pending_changes
 
 READ_ONLY = "flask_sessionscope.read_only"
+_MARKED_OPEN = "flask_sessionscope.read_only.marked_open"
 FLUSHED = "flask_sessionscope.flushed"
 
 
 def mark_read_only(session: Session) -> None:
-    """Make every later write through ``session`` raise :class:`ReadOnlySessionError`."""
+    """Make every later write through ``session`` raise :class:`ReadOnlySessionError`.
+
+    The session is open already (a ``before_request`` function used it
+    before the ``@read_only`` view ran) and may hold that function's writes,
+    so it still ends as any session does: committed when the request
+    succeeds (see :func:`never_commits`)."""
     if is_read_only(session):
         return
     session.info[READ_ONLY] = True
+    session.info[_MARKED_OPEN] = True
     event.listen(session, "before_flush", _refuse_flush)
     event.listen(session, "do_orm_execute", _refuse_dml)
 
@@ -75,8 +82,17 @@ def new_read_only_session(cls: type[Session], options: Mapping[str, Any]) -> Ses
 
 
 def is_read_only(session: Session) -> bool:
-    """Whether ``session`` was marked with :func:`mark_read_only`."""
+    """Whether ``session`` refuses writes (made read-only, or marked so)."""
     return bool(session.info.get(READ_ONLY))
+
+
+def never_commits(session: Session) -> bool:
+    """Whether ``session`` was read-only from the start, so that nothing it
+    did can need a COMMIT: it is ended without one. A session marked
+    read-only once open (:func:`mark_read_only`) is not: what it ran before
+    is the request's to commit."""
+    info = session.info
+    return bool(info.get(READ_ONLY)) and _MARKED_OPEN not in info
 
 
 def has_unsaved_writes(session: Session) -> bool:

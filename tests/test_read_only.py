@@ -538,3 +538,44 @@ def test_unicode_escaped_names_cannot_switch_a_read_only_connection_back(
     client = app.test_client()
     assert client.post("/switch").json == {"by_text": False, "on_the_connection": False}
     assert client.get("/mode").get_data(as_text=True) == "on"
+
+
+@pytest.mark.parametrize("kind", ["textual insert", "flushed object"])
+def test_writes_made_before_a_read_only_view_are_committed_with_its_success(
+    make_app: AppFactory, observer: Engine, backend: str, kind: str
+) -> None:
+    """A ``before_request`` function writes (an audit row), then the view is
+    ``@read_only``: the session, open already, refuses the view's writes
+    from then on, but what it held before is the request's, and a 2xx means
+    it is stored. It used to be rolled back with the read-only session, and
+    the client got a 200 for a write that was gone."""
+    app, db = make_app()
+    key = "`key`" if backend == "mariadb" else '"key"'
+
+    @app.before_request
+    def audit() -> None:
+        if kind == "textual insert":
+            db.session.execute(sa.text(f"INSERT INTO items ({key}) VALUES ('audited')"))
+        else:
+            db.session.add(Item(key="audited"))
+            db.session.flush()
+
+    @app.get("/report")
+    @db.read_only
+    def report() -> list[str]:
+        return list(db.session.scalars(sa.select(Item.key)))
+
+    @app.get("/sneaky")
+    @db.read_only
+    def sneaky() -> str:
+        db.session.add(Item(key="from the view"))
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/report").json == ["audited"]
+    assert stored_keys(observer) == ["audited"]
+    with observer.begin() as connection:
+        connection.execute(sa.delete(Item))
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert client.get("/sneaky").status_code == 500  # the view's own write is refused
+    assert stored_keys(observer) == []  # and the failed request stored nothing
