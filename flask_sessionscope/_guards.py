@@ -148,7 +148,7 @@ _READING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "EXPLAIN", "VALUES", "T
 # "INTO" catches SELECT ... INTO; a ";" followed by more SQL, a second statement.
 _WRITING_WORDS = re.compile(
     r"\b(INSERT|(?<!FOR )UPDATE|DELETE|MERGE|REPLACE|CREATE|DROP|ALTER|TRUNCATE|INTO|GRANT|CALL|DO|COPY|LOCK)\b"
-    r"|;\s*\S|:=|set_config|advisory_lock|get_lock|\bu&[\"']",
+    r"|;\s*\S|:=|set_config|advisory_lock|get_lock|\bu&[\"']|\blast_insert_id\s*\(\s*[^\s)]",
     re.IGNORECASE,
 )
 # What a read-only engine's connection may be sent, judged on the SQL the
@@ -164,6 +164,9 @@ _INTO_OR_SECOND_STATEMENT = re.compile(r"\binto\b|;\s*\S")
 #: "u&": PostgreSQL's Unicode escapes (U&"\0073et_config") spell any name
 #: without its letters.
 _STATE_CHANGING_WORDS = ("set_config", "advisory_lock", "get_lock", ":=", "u&")
+#: MySQL's and MariaDB's LAST_INSERT_ID(expr), which sets the value the
+#: connection's next LAST_INSERT_ID() returns (without an argument it reads).
+_SETS_LAST_INSERT_ID = re.compile(r"\blast_insert_id\s*\(\s*[^\s)]")
 #: Verdicts by SQL string. SQLAlchemy hands the driver the same string object
 #: each time a cached statement runs, so a lookup costs a cached hash; the
 #: size bound keeps statements with inlined values from growing it for ever.
@@ -192,6 +195,8 @@ def _changes_state(statement: str) -> bool:
     if _READING_START.match(lowered) is None:
         return True
     if (";" in lowered or "into" in lowered) and _INTO_OR_SECOND_STATEMENT.search(lowered):
+        return True
+    if "last_insert_id" in lowered and _SETS_LAST_INSERT_ID.search(lowered):
         return True
     return any(word in lowered for word in _STATE_CHANGING_WORDS)
 

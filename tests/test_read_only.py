@@ -579,3 +579,41 @@ def test_writes_made_before_a_read_only_view_are_committed_with_its_success(
     app.config["PROPAGATE_EXCEPTIONS"] = False
     assert client.get("/sneaky").status_code == 500  # the view's own write is refused
     assert stored_keys(observer) == []  # and the failed request stored nothing
+
+
+def test_read_only_view_cannot_set_the_connections_last_insert_id(
+    make_app: AppFactory, observer: Engine, server_backend: str
+) -> None:
+    """``LAST_INSERT_ID(42)`` sets what the connection's next
+    ``LAST_INSERT_ID()`` returns, for whichever request gets it next; read-only
+    sessions refuse it, through the session and on the connection."""
+    if server_backend != "mariadb":
+        pytest.skip("LAST_INSERT_ID(expr) is MySQL's and MariaDB's")
+    app, db = make_app(SESSIONSCOPE_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0})
+
+    @app.post("/set")
+    @db.read_only
+    def set_it() -> dict[str, bool]:
+        outcome = {}
+        for name, run in [
+            ("by_text", lambda: db.session.execute(sa.text("SELECT LAST_INSERT_ID(42)"))),
+            (
+                "on_the_connection",
+                lambda: db.session.connection().exec_driver_sql("SELECT LAST_INSERT_ID(42)"),
+            ),
+        ]:
+            try:
+                run()
+                outcome[name] = True
+            except ReadOnlySessionError:
+                outcome[name] = False
+        return outcome
+
+    @app.get("/last")
+    @db.read_only
+    def last() -> str:
+        return str(db.session.scalar(sa.text("SELECT LAST_INSERT_ID()")))
+
+    client = app.test_client()
+    assert client.post("/set").json == {"by_text": False, "on_the_connection": False}
+    assert client.get("/last").get_data(as_text=True) == "0"
