@@ -77,10 +77,10 @@ def commit_or_discard(session: Session, *, closing: bool = False) -> None:
     """Commit ``session``; if that fails, roll back and close the session so
     its connection returns to the pool, then re-raise.
 
-    A read-only session is not committed: its pending changes are refused,
-    and it is rolled back, unless ``closing`` says the caller closes it
-    next (the close ends its transaction without expiring what it loaded
-    first, which is most of a rollback's cost).
+    A session read-only from its start is not committed: its pending
+    changes are refused, and it is rolled back, unless ``closing`` says the
+    caller closes it next (the close ends its transaction without expiring
+    what it loaded first, which is most of a rollback's cost).
 
     ``before_commit`` listeners see the pending objects, as with a plain
     ``commit()``. A failure of the flush that ``commit()`` runs (a
