@@ -4,6 +4,7 @@ Usage (from the repository root, after ``.venv/bin/pip install -e '.[bench]'``):
 
     .venv/bin/python bench/compat.py                # about 3 minutes; needs valgrind
     .venv/bin/python bench/compat.py --smoke        # seconds; no valgrind
+    .venv/bin/python bench/compat.py --bytecodes --counted 50   # bytecodes per request; seconds
 
 Issue 12 asks that an app ported by changing its import (the ``compat``
 contender of ``bench_apps.py``: the Flask-SQLAlchemy app, ``commit()`` in
@@ -87,12 +88,46 @@ def calls_per_request(app_key: str, scenario_key: str, count: int) -> float:
     return sum(entry[1] for entry in stats.stats.values()) / count
 
 
+def bytecodes_per_request(app_key: str, scenario_key: str, count: int) -> tuple[float, float]:
+    """Bytecodes run per request, and how many of them in flask_sessionscope's
+    own code (``sys.settrace`` with opcode events, in this process): unlike
+    instructions they do not depend on the memory layout, so they tell
+    apart changes smaller than the layouts' spread (docs/performance.md)."""
+    counts: dict[bool, int] = {True: 0, False: 0}
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        ours = "flask_sessionscope" in frame.f_code.co_filename
+
+        def each(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                counts[ours] += 1
+            return each
+
+        return each
+
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        bench_apps.prepare_database(url)
+        app = bench_apps.BY_KEY[app_key].factory(url, {})
+        serve(app, scenario_key, 200)
+        sys.settrace(trace)
+        try:
+            serve(app, scenario_key, count)
+        finally:
+            sys.settrace(None)
+    return (counts[True] + counts[False]) / count, counts[True] / count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--counted", type=int, default=500, help="requests counted under callgrind")
     parser.add_argument("--smoke", action="store_true", help="run each app briefly, no callgrind")
     parser.add_argument(
         "--calls", action="store_true", help="count function calls (cProfile), not instructions"
+    )
+    parser.add_argument(
+        "--bytecodes", action="store_true", help="count bytecodes (sys.settrace), not instructions"
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     parser.add_argument("--apps", default=",".join(APPS), help=f"comma-separated subset of {APPS}")
@@ -105,10 +140,20 @@ def main() -> int:
         for app_key in APPS:
             for scenario_key in SCENARIOS:
                 _child(app_key, scenario_key, 20)
+        bytecodes_per_request("compat", "read", 2)
         print("compat bench smoke: every app answered every scenario")
         return 0
     scenarios = [key for key in SCENARIOS if key in args.scenarios.split(",")]
     apps = [key for key in APPS if key in args.apps.split(",")]
+    if args.bytecodes:
+        print(f"bytecodes per request (sys.settrace, SQLite, {args.counted} requests per app and scenario;")
+        print("in brackets: those in flask_sessionscope's own code)")
+        print(f"{'':<52}" + "".join(f"{SCENARIO_BY_KEY[key].title:>22}" for key in scenarios))
+        for app_key in apps:
+            found = [bytecodes_per_request(app_key, key, args.counted) for key in scenarios]
+            cells = "".join(f"{f'{total:,.0f} ({own:,.0f})':>22}" for total, own in found)
+            print(f"{bench_apps.BY_KEY[app_key].title():<52}" + cells)
+        return 0
     if args.calls:
         print(
             f"Python function calls per request (cProfile, SQLite, {args.counted} requests per app and scenario)"
