@@ -801,7 +801,7 @@ def _end_app_context(app_ctx: AppContext | None) -> None:
     """Teardown of an app context: close the sessions it and its requests
     left, after the app's own teardown functions (which may have opened one)."""
     scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
-    if scopes is None or app_ctx is None:  # (no app context has none)
+    if scopes is None or app_ctx is None:  # (the second for the type checker: None has no list)
         return
     delattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
     running_request: ContextScope | None = None

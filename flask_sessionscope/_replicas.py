@@ -413,11 +413,13 @@ def _report_positions(engine: Engine, name: str) -> None:
 
     def do_commit(dbapi_connection: Any) -> None:
         sink = _sink.get()
-        collecting = sink[0]() if sink is not None else None
-        if collecting is None or collecting is not _flask_internals.request_context():
+        if (
+            sink is None
+            or (collecting := sink[0]()) is None
+            or collecting is not _flask_internals.request_context()
+        ):
             commit(dbapi_connection)
             return
-        assert sink is not None
         position = _commit_reading_position(dbapi_connection, commit)
         if position is not None:
             sink[1][name] = max(position, sink[1].get(name, 0))

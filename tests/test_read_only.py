@@ -503,6 +503,22 @@ def test_textual_writes_in_a_read_only_view_raise_read_only_session_error(
     assert stored_keys(observer) == ["kept"]
 
 
+def _sent_through_session_and_connection(db: SessionScope, sql: str) -> dict[str, bool]:
+    """Run ``sql`` in the current read-only view through the session and on
+    its connection; which of the two went through (False: refused)."""
+    outcome = {}
+    for name, run in [
+        ("by_text", lambda: db.session.execute(sa.text(sql))),
+        ("on_the_connection", lambda: db.session.connection().exec_driver_sql(sql)),
+    ]:
+        try:
+            run()
+            outcome[name] = True
+        except ReadOnlySessionError:
+            outcome[name] = False
+    return outcome
+
+
 def test_unicode_escaped_names_cannot_switch_a_read_only_connection_back(
     make_app: AppFactory, observer: Engine, server_backend: str
 ) -> None:
@@ -518,17 +534,7 @@ def test_unicode_escaped_names_cannot_switch_a_read_only_connection_back(
     @app.post("/switch")
     @db.read_only
     def switch() -> dict[str, bool]:
-        outcome = {}
-        for name, run in [
-            ("by_text", lambda: db.session.execute(sa.text(escaped))),
-            ("on_the_connection", lambda: db.session.connection().exec_driver_sql(escaped)),
-        ]:
-            try:
-                run()
-                outcome[name] = True
-            except ReadOnlySessionError:
-                outcome[name] = False
-        return outcome
+        return _sent_through_session_and_connection(db, escaped)
 
     @app.get("/mode")
     @db.read_only
@@ -594,20 +600,7 @@ def test_read_only_view_cannot_set_the_connections_last_insert_id(
     @app.post("/set")
     @db.read_only
     def set_it() -> dict[str, bool]:
-        outcome = {}
-        for name, run in [
-            ("by_text", lambda: db.session.execute(sa.text("SELECT LAST_INSERT_ID(42)"))),
-            (
-                "on_the_connection",
-                lambda: db.session.connection().exec_driver_sql("SELECT LAST_INSERT_ID(42)"),
-            ),
-        ]:
-            try:
-                run()
-                outcome[name] = True
-            except ReadOnlySessionError:
-                outcome[name] = False
-        return outcome
+        return _sent_through_session_and_connection(db, "SELECT LAST_INSERT_ID(42)")
 
     @app.get("/last")
     @db.read_only
