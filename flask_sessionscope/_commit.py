@@ -9,29 +9,18 @@ from typing import Any
 
 from flask import Response
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from ._aborted import aborted_reason
 from ._errors import TransactionAbortedError
 from ._failures import CommitInterrupted
 from ._guards import FLUSHED, forget_writes, has_unsaved_writes, never_commits
+from ._on_commit import has_callbacks
 from ._partial_commits import partly_applied
 from ._scope import ContextScope
-from ._settings import CommitRule
-from ._sqlalchemy_internals import has_pending_changes, root_connections, transaction_connections
+from ._sqlalchemy_internals import has_pending_changes, sqlite_began_no_transaction, transaction_connections
 
 logger = logging.getLogger("flask_sessionscope")
-
-
-def should_commit(scope: ContextScope, autocommit: bool, rule: CommitRule, response: Response) -> bool | None:
-    """Decide the end of a request: True to commit, False to roll back, None
-    when the app has taken the decision for itself (autocommit off or
-    ``@manual_commit``), in which case the session is just closed."""
-    if not (autocommit and scope.autocommit):
-        return None
-    if scope.rollback_only:
-        return False
-    return bool(rule(response))
 
 
 def finish_request(scope: ContextScope, commit: bool, *, closing: bool = False) -> None:
@@ -58,7 +47,7 @@ def finish_request(scope: ContextScope, commit: bool, *, closing: bool = False) 
         return
     if not changes and FLUSHED not in session.info:
         assert transaction is not None
-        if not _driver_began_transaction(transaction):
+        if sqlite_began_no_transaction(transaction):
             # SQLite's driver begins a transaction at the first write only:
             # a request that read has nothing for COMMIT to do.
             scope.committed = True
@@ -153,17 +142,22 @@ def _end_driver_transactions(session: Session) -> None:
             connection.invalidate()
 
 
-def _driver_began_transaction(transaction: SessionTransaction) -> bool:
-    """Whether any connection of ``transaction`` (a session's root
-    transaction) may hold a transaction on the server. Only pysqlite tells
-    for sure that it does not (it sends BEGIN before the first write, not
-    before a read); with any doubt, True."""
-    for connection in dict.fromkeys(root_connections(transaction)):
-        if connection.dialect.driver != "pysqlite" or connection.invalidated:
-            return True
-        if getattr(connection.connection.dbapi_connection, "in_transaction", True):
-            return True
-    return False
+def only_close_needed(session: Session) -> bool:
+    """Whether closing is all that ending ``session`` can need, whatever
+    the request's outcome: nothing is pending, no ``on_commit`` callback
+    waits, and either no transaction is open (the view committed itself
+    and changed nothing since) or nothing was flushed, the session is not
+    read-only (its ``info`` is empty) and no connection of it holds a
+    transaction in the driver (a read on SQLite). With any doubt, False."""
+    if has_pending_changes(session):
+        return False
+    info = session.info
+    transaction = session.get_transaction()
+    if transaction is None:
+        # The view committed or rolled back itself and changed nothing since.
+        info.pop(FLUSHED, None)
+        return not has_callbacks(session)
+    return not info and sqlite_began_no_transaction(transaction)
 
 
 def roll_back(session: Session) -> None:

@@ -51,7 +51,7 @@ from ._commit import (
     close_scope,
     commit_or_discard,
     finish_request,
-    should_commit,
+    only_close_needed,
 )
 from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
@@ -65,13 +65,10 @@ from ._processes import close_pools_when_collected, fork_generation, track
 from ._schema import ALL_BINDS, MetadataArgument, MetadataByBind, metadata_by_bind, selected_binds
 from ._scope import (
     NO_CONTEXT_MESSAGE,
-    OPEN_SCOPES_ATTRIBUTE,
     SCOPE_ATTRIBUTE,
     ContextScope,
-    close_at_app_context_end,
     current_context,
     ensure_scope,
-    hand_over_to_enclosing_context,
     scope_of,
 )
 from ._sendable import check_headers_sendable, pull_first_chunk
@@ -120,6 +117,8 @@ _FLASK_SQLALCHEMY_NAMES = frozenset(
     }
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: On an app context a request pushed for itself: that request was committed.
+_REQUEST_COMMITTED_ATTRIBUTE = "_flask_sessionscope_request_committed"
 
 
 @dataclass(frozen=True)
@@ -293,7 +292,6 @@ class SessionScope:
         if session is None:
             owner = cast(Context, ctx)  # a scope is found only on a context
             session = scope.session = self._new_session(owner, scope)
-            close_at_app_context_end(owner, scope)
         return session
 
     @property
@@ -646,7 +644,7 @@ def _with_remove(session_class: type[Session]) -> type[Session]:
 
 def _end_sessions_with_requests(app: Flask) -> None:
     """Commit or roll back at the end of ``app.process_response``, and close
-    leftovers at the end of ``app.do_teardown_appcontext``.
+    leftovers once a context's teardown functions have run.
 
     These are the two methods Flask calls at those moments; the extension
     wraps them on this app object rather than registering an after_request
@@ -659,8 +657,7 @@ def _end_sessions_with_requests(app: Flask) -> None:
     the cookie session is saved.
     """
     _flask_internals.wrap_process_response(app, _end_request, _after_request_failed)
-    _flask_internals.wrap_do_teardown_request(app, _teardown_failed)
-    _flask_internals.wrap_do_teardown_appcontext(app, _end_app_context, _teardown_failed)
+    _flask_internals.wrap_teardowns(app, _end_context, _teardown_failed)
 
 
 def _end_request(ctx: Context, response: Response) -> Response:
@@ -669,8 +666,9 @@ def _end_request(ctx: Context, response: Response) -> Response:
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
     if scope is None:
         return response
-    if scope.session is not None:
-        response = _commit_or_roll_back(ctx, scope, response)
+    session = scope.session
+    if session is not None:
+        response = _commit_or_roll_back(ctx, scope, session, response)
     if scope.commit_failed and response.status_code < 400:
         # An error handler of the app answered a failed commit with a
         # success status (a handler that returns only a body gets 200).
@@ -679,24 +677,34 @@ def _end_request(ctx: Context, response: Response) -> Response:
     return response
 
 
-def _commit_or_roll_back(ctx: Context, scope: ContextScope, response: Response) -> Response:
-    """The end of a request that used its session: decide, finish, close."""
+def _commit_or_roll_back(ctx: Context, scope: ContextScope, session: Session, response: Response) -> Response:
+    """The end of a request that used its session ``session``: decide,
+    finish, close."""
     state = scope.state
     if state is None:  # noted when the session was made; looked up should anything else have made it
         state = ctx.app.extensions[EXTENSION_KEY]._state(ctx.app)
-    decision = should_commit(scope, state.autocommit, state.commit_rule, response)
-    if decision and scope.commit_failed:
-        # The error response of a failed commit, whose after_request
-        # functions opened a session again: nothing of this request is
-        # committed, whatever the rule says (and a database still down
-        # cannot fail the same way again and again).
-        decision = False
-    committed: list[Any] = []
+    # The decision: True to commit, False to roll back, None when the app
+    # takes it itself (autocommit off, @manual_commit) and the session is
+    # only closed. The error response of a failed commit, whose
+    # after_request functions opened a session again, commits nothing,
+    # whatever the rule says (and a database still down cannot fail the
+    # same way again and again).
+    decision: bool | None = None
+    if state.autocommit and scope.autocommit:
+        decision = not (scope.rollback_only or scope.commit_failed) and bool(state.commit_rule(response))
     # The body is generated after the commit, with the session still open for it.
     streamed = response.is_streamed and not response.direct_passthrough
+    if not streamed and not scope.transactions and only_close_needed(session):
+        # Committing, rolling back and closing all come to the same here.
+        # The headers are not checked: nothing is committed that a response
+        # the server cannot send would contradict (docs/reliability.md).
+        if decision:
+            scope.committed = True
+        scope.session = None
+        close_quietly(session)
+        return response
+    committed: list[Any] = []
     if decision is not None:
-        session = scope.session
-        assert session is not None
         try:
             held = False
             if decision:
@@ -772,13 +780,12 @@ def _teardown_failed(ctx: AppContext | None, error: Exception) -> None:
 
 
 def _committed_here(ctx: AppContext) -> bool:
-    """Whether the request of ``ctx`` (or one it served) has been committed."""
+    """Whether the request of ``ctx`` (the app context being torn down) has
+    been committed."""
+    if getattr(ctx, _REQUEST_COMMITTED_ATTRIBUTE, False):
+        return True  # noted by the end of the request's own context (Flask < 3.2)
     request_ctx = _flask_internals.request_context()
-    for scope in (
-        scope_of(ctx),
-        scope_of(request_ctx) if request_ctx is not None else None,
-        *getattr(ctx, OPEN_SCOPES_ATTRIBUTE, ()),
-    ):
+    for scope in (scope_of(ctx), scope_of(request_ctx) if request_ctx is not None else None):
         if scope is not None and scope.committed:
             return True
     return False
@@ -797,34 +804,22 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
         close_scope(scope)
 
 
-def _end_app_context(app_ctx: AppContext | None) -> None:
-    """Teardown of an app context: close the sessions it and its requests
-    left, after the app's own teardown functions (which may have opened one)."""
-    scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
-    if scopes is None or app_ctx is None:  # (the second for the type checker: None has no list)
+def _end_context(ctx: Context | None) -> None:
+    """A context's teardown functions have run: close the sessions it still
+    has (one opened by a teardown function, or that of an app context
+    outside requests); a request's are normally closed at its end already."""
+    scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
+    if scope is None or ctx is None:  # (the second for the type checker)
         return
-    delattr(app_ctx, OPEN_SCOPES_ATTRIBUTE)
-    running_request: ContextScope | None = None
-    for scope in scopes:
-        if scope.session is None and not scope.transactions:
-            continue  # closed already, as the end of its request does
-        if running_request is None:
-            running_request = _running_request_scope(app_ctx)
-        if scope is running_request:
-            hand_over_to_enclosing_context(app_ctx, scope)
-        elif not scope.streaming:
-            close_scope(scope)
-
-
-def _running_request_scope(app_ctx: AppContext) -> ContextScope | None:
-    """The scope of the request that goes on after ``app_ctx`` ends (an app
-    context pushed inside a view): its session is the request's to end, not
-    this context's, and the context around it takes over the duty of
-    closing it if all else fails."""
-    request_ctx = _flask_internals.request_context()
-    if request_ctx is None or request_ctx is app_ctx:
-        return None
-    return scope_of(request_ctx)
+    if (scope.session is not None or scope.transactions) and not scope.streaming:
+        close_scope(scope)
+    if scope.committed and ctx.app.teardown_appcontext_funcs:
+        app_ctx = _flask_internals.app_context_ended_with(ctx)
+        if app_ctx is not None:
+            # Its teardown functions run next, when this context's scope
+            # can no longer be found: an error of theirs must not turn
+            # the committed request into a 500 either.
+            setattr(app_ctx, _REQUEST_COMMITTED_ATTRIBUTE, True)
 
 
 def _mark_read_only(scope: ContextScope) -> None:

@@ -93,13 +93,18 @@ else:
         return cast(Context, app_ctx)
 
 
-def owning_app_context(ctx: Context) -> AppContext | None:
-    """The app context whose end closes ``ctx``'s sessions at the latest: the
-    context itself when it is an app context (every context on Flask 3.2),
-    otherwise the app context active now."""
-    if isinstance(ctx, AppContext):
-        return ctx
-    return _cv_app.get(None)
+def app_context_ended_with(ctx: Context) -> AppContext | None:
+    """The app context whose teardown is part of the end of ``ctx``, a
+    request's context, other than ``ctx`` itself: before Flask 3.2 the app
+    context the request pushed for itself (None when one was active
+    already, as under a test that pushed its own); on Flask 3.2 None, the
+    request's context being its app context. Read while the request's
+    teardown functions run."""
+    tokens = getattr(ctx, "_cv_tokens", None)  # Flask < 3.2: (token, app context pushed) per push
+    if not tokens:
+        return None
+    app_ctx: AppContext | None = tokens[-1][1]
+    return app_ctx
 
 
 def _enclosing(app_ctx: AppContext) -> object:
@@ -120,7 +125,7 @@ def enclosing_app_context(app_ctx: AppContext) -> AppContext | None:
 ResponseHook = Callable[[Context, Response], Response]
 ResponseErrorHook = Callable[[Context, Exception], Response]
 TeardownErrorHook = Callable[[AppContext | None, Exception], None]
-TeardownHook = Callable[[AppContext | None], None]
+TeardownHook = Callable[[Context | None], None]
 
 
 def wrap_process_response(app: Flask, after: ResponseHook, on_error: ResponseErrorHook) -> None:
@@ -157,17 +162,15 @@ def wrap_process_response(app: Flask, after: ResponseHook, on_error: ResponseErr
     app.process_response = wrapper  # type: ignore[method-assign, assignment]
 
 
-def wrap_do_teardown_request(app: Flask, on_error: TeardownErrorHook) -> None:
-    """Make ``app.do_teardown_request`` hand an error of the app's teardown
-    functions to ``on_error(ctx, error)``, which raises it or not."""
-    _wrap_teardown(app, "do_teardown_request", on_error, None)
-
-
-def wrap_do_teardown_appcontext(app: Flask, after: TeardownHook, on_error: TeardownErrorHook) -> None:
-    """Make ``app.do_teardown_appcontext`` call ``after(app_ctx)`` once the
-    app's own teardown functions have run, and hand an error of theirs to
-    ``on_error(app_ctx, error)`` first, which raises it or not."""
-    _wrap_teardown(app, "do_teardown_appcontext", on_error, after)
+def wrap_teardowns(app: Flask, end_context: TeardownHook, on_error: TeardownErrorHook) -> None:
+    """Make ``app``'s teardown methods call ``end_context(ctx)`` once the
+    app's own teardown functions for the context ``ctx`` have all run (a
+    request's context on Flask before 3.2 after ``do_teardown_request``,
+    every app context after ``do_teardown_appcontext``), and hand an error
+    of those functions to ``on_error(app_ctx, error)`` first, which raises
+    it or not (``app_ctx``: the app context active then)."""
+    _wrap_teardown(app, "do_teardown_request", on_error, None if CONTEXT_FIRST else end_context)
+    _wrap_teardown(app, "do_teardown_appcontext", on_error, end_context)
 
 
 def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: TeardownHook | None) -> None:
@@ -190,6 +193,8 @@ def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: Te
 
         wrapper = context_first
     else:
+        # The context being torn down: the request's, or the app context.
+        ending: ContextVar[Any] = _cv_app if name == "do_teardown_appcontext" else cast(Any, _cv_request)
 
         def old_signature(*args: Any, **kwargs: Any) -> None:
             try:
@@ -198,7 +203,7 @@ def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: Te
                 on_error(_cv_app.get(None), error)
             finally:
                 if after is not None:
-                    after(_cv_app.get(None))
+                    after(ending.get(None))
 
         wrapper = old_signature
     setattr(app, name, wrapper)

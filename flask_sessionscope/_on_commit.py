@@ -68,6 +68,11 @@ def register(session: Session, app: Flask, callback: Callback) -> None:
     session.info.setdefault(_CALLBACKS, []).append(entry)
 
 
+def has_callbacks(session: Session) -> bool:
+    """Whether ``session`` has callbacks waiting for its COMMIT."""
+    return _CALLBACKS in session.info
+
+
 def hold(session: Session) -> bool:
     """Keep the callbacks past the coming COMMIT: the caller runs them with
     :func:`take_committed` once its own work after the commit is done.

@@ -10,16 +10,18 @@ arranges its contexts.
 
 The per-context record, :class:`ContextScope`, is attached to the context
 object itself, so it disappears with the context and no global registry can
-leak sessions. Teardown closes and drops the record's sessions but keeps
-the record: Flask tears a streamed request down once when the view returns
-and again when the body ends, and the flags must survive in between.
+leak sessions. The end of a request closes its sessions; should anything
+be left (a session opened by a teardown function, or by an app context
+outside requests), the context's own teardown closes it. Closing drops the
+record's sessions but keeps the record: Flask tears a streamed request down
+once when the view returns and again when the body ends, and the flags must
+survive in between.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask.ctx import AppContext
 from sqlalchemy.orm import Session
 
 from . import _flask_internals
@@ -30,11 +32,10 @@ from ._processes import abandon, fork_generation
 if TYPE_CHECKING:
     from ._extension import _AppState
 
-#: Where a context keeps its scope, and an app context the scopes it must
-#: close. The code that ends every request reads them inline: a function
-#: call would cost more than the rest of its work when no session was used.
+#: Where a context keeps its scope. The code that ends every request reads
+#: it inline: a function call would cost more than the rest of its work
+#: when no session was used.
 SCOPE_ATTRIBUTE = "_flask_sessionscope"
-OPEN_SCOPES_ATTRIBUTE = "_flask_sessionscope_open"
 
 NO_CONTEXT_MESSAGE = (
     "db.session needs an active Flask app context. Inside a request one exists"
@@ -135,31 +136,3 @@ def ensure_scope(ctx: Context) -> ContextScope:
         scope = ContextScope()
         setattr(ctx, SCOPE_ATTRIBUTE, scope)
     return scope
-
-
-def close_at_app_context_end(ctx: Context, scope: ContextScope) -> None:
-    """List ``scope``, whose context ``ctx`` just opened a session, on the
-    app context that ends with it: that context's teardown closes it should
-    nothing else have done so first (a request's scope is normally closed
-    when the request ends). Scopes closed since are dropped from the list, so
-    that an app context that outlives many requests does not collect them."""
-    app_ctx = _flask_internals.owning_app_context(ctx)
-    if app_ctx is not None:
-        _list_on(app_ctx, scope)
-
-
-def hand_over_to_enclosing_context(app_ctx: AppContext, scope: ContextScope) -> None:
-    """List ``scope`` on the app context that is current again once
-    ``app_ctx`` (ending now) is popped, if there is one."""
-    enclosing = _flask_internals.enclosing_app_context(app_ctx)
-    if enclosing is not None:
-        _list_on(enclosing, scope)
-
-
-def _list_on(app_ctx: AppContext, scope: ContextScope) -> None:
-    scopes: list[ContextScope] | None = getattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, None)
-    if scopes is None:
-        setattr(app_ctx, OPEN_SCOPES_ATTRIBUTE, [scope])
-        return
-    scopes[:] = [listed for listed in scopes if listed.is_open() and listed is not scope]
-    scopes.append(scope)

@@ -3,6 +3,7 @@ place, chosen by what the installed SQLAlchemy offers."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any
@@ -37,6 +38,27 @@ def root_connections(transaction: SessionTransaction) -> Iterable[Connection]:
 
 
 _FIRST = itemgetter(0)
+
+
+def sqlite_began_no_transaction(transaction: SessionTransaction) -> bool:
+    """Whether every connection of ``transaction`` (a session's root
+    transaction) is a sqlite3 connection that has no transaction open.
+    Python's sqlite3 sends BEGIN before the first write, not before a
+    read, and tells; any other driver, or a connection invalidated, is a
+    doubt: False.
+
+    Reads ``Connection._dbapi_connection`` (the pool's proxy, None once
+    invalidated), which SQLAlchemy 2.0 and 2.1 both keep: this runs at the
+    end of every request that read on SQLite, where the public
+    ``invalidated`` and ``connection`` properties cost more than the rest
+    of the check. A SQLAlchemy that renamed it gets False, so its reads on
+    SQLite are committed like any other."""
+    for connection in dict.fromkeys(root_connections(transaction)):
+        proxy = getattr(connection, "_dbapi_connection", None)
+        driver_connection = getattr(proxy, "dbapi_connection", None)
+        if not isinstance(driver_connection, sqlite3.Connection) or driver_connection.in_transaction:
+            return False
+    return True
 
 
 def has_pending_changes(session: Session) -> bool:

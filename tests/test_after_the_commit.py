@@ -107,6 +107,62 @@ def test_header_the_server_cannot_send_fails_the_request_before_the_commit(
     assert stored_keys(observer) == []
 
 
+def test_header_check_comes_with_a_commit_only(make_app: AppFactory, observer: Engine, backend: str) -> None:
+    """Headers are checked before a COMMIT. A request that ends with
+    nothing to commit (a read on SQLite, whose driver opens no transaction
+    for it; a view that committed itself and changed nothing since) sends
+    none, so its response goes to the server as the view made it."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    def pdf(status: int) -> Response:
+        response = Response(b"%PDF-1.4", mimetype="application/pdf", status=status)
+        response.headers["Content-Disposition"] = f"attachment; filename={DOWNLOAD_NAME}"
+        return response
+
+    @app.get("/reports")
+    def read() -> Response:
+        db.session.scalars(sa.select(Item)).all()
+        return pdf(200)
+
+    @app.post("/reports/<key>")
+    def committed_by_the_view(key: str) -> Response:
+        db.session.add(Item(key=key))
+        db.session.commit()
+        return pdf(201)
+
+    client = app.test_client()
+    assert client.get("/reports").status_code == (200 if backend == "sqlite" else 500)
+    assert client.post("/reports/a").status_code == 201
+    assert stored_keys(observer) == ["a"]
+
+
+@pytest.mark.parametrize(("status", "raised"), [(200, False), (404, True)])
+def test_teardown_error_after_a_read_is_judged_as_after_a_write(
+    make_app: AppFactory, status: int, raised: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read that succeeded counts as committed on every backend (on
+    SQLite no COMMIT is sent for it, on the servers one is): a teardown
+    function's error after it is logged and the answer stands. After a read
+    answered 404 it is raised, as after any request that was not committed."""
+    app, db = make_app()
+
+    @app.teardown_request
+    def broken(exc: BaseException | None) -> None:
+        raise RuntimeError("teardown fails")
+
+    @app.get("/items")
+    def count() -> tuple[str, int]:
+        return str(db.session.scalar(sa.select(sa.func.count()).select_from(Item))), status
+
+    if raised:
+        with raises_from_teardown(RuntimeError, "teardown fails"):
+            app.test_client().get("/items")
+        return
+    with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
+        assert app.test_client().get("/items").status_code == 200
+    assert "teardown function raised after the request was committed" in caplog.text
+
+
 def test_streamed_body_that_fails_at_once_fails_the_request_when_the_view_asks(
     make_app: AppFactory, observer: Engine
 ) -> None:

@@ -436,15 +436,16 @@ def test_child_forked_mid_request_opens_its_own_session(
     assert ids["after"] == ids["parent"]  # the parent's connection was left alone
 
 
-def test_sessions_opened_by_the_apps_teardown_functions_are_closed(database_url: Any) -> None:
+@pytest.mark.parametrize("hook", ["teardown_request", "teardown_appcontext"])
+def test_sessions_opened_by_the_apps_teardown_functions_are_closed(database_url: Any, hook: str) -> None:
     app = Flask(__name__)
     app.config["SESSIONSCOPE_DATABASE_URL"] = database_url
     db = SessionScope()
 
-    @app.teardown_request
     def audit(exc: BaseException | None) -> None:  # registered before init_app
         db.session.execute(sa.select(1))
 
+    getattr(app, hook)(audit)
     db.init_app(app)
 
     @app.get("/")
