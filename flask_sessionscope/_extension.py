@@ -12,7 +12,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
-from flask import Flask, Response, current_app, got_request_exception, has_app_context, request
+from flask import (
+    Flask,
+    Response,
+    appcontext_tearing_down,
+    current_app,
+    got_request_exception,
+    has_app_context,
+    request,
+)
 from flask.ctx import AppContext
 from sqlalchemy import MetaData, Select
 from sqlalchemy.engine import Engine
@@ -117,7 +125,7 @@ _FLASK_SQLALCHEMY_NAMES = frozenset(
     }
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: On an app context a request pushed for itself: that request was committed.
+#: On an app context torn down after a request it served: that request was committed.
 _REQUEST_COMMITTED_ATTRIBUTE = "_flask_sessionscope_request_committed"
 
 
@@ -813,12 +821,12 @@ def _end_context(ctx: Context | None) -> None:
         return
     if (scope.session is not None or scope.transactions) and not scope.streaming:
         close_scope(scope)
-    if scope.committed and ctx.app.teardown_appcontext_funcs:
-        app_ctx = _flask_internals.app_context_ended_with(ctx)
-        if app_ctx is not None:
-            # Its teardown functions run next, when this context's scope
-            # can no longer be found: an error of theirs must not turn
-            # the committed request into a 500 either.
+    if scope.committed and (ctx.app.teardown_appcontext_funcs or appcontext_tearing_down.receivers):
+        app_ctx = _flask_internals.app_context_torn_down_later(ctx)
+        if app_ctx is not None and app_ctx is not ctx:
+            # What runs at its teardown (the only things Flask runs there)
+            # can no longer find this context's scope: an error of theirs
+            # must not turn the committed request into a 500 either.
             setattr(app_ctx, _REQUEST_COMMITTED_ATTRIBUTE, True)
 
 

@@ -93,18 +93,19 @@ else:
         return cast(Context, app_ctx)
 
 
-def app_context_ended_with(ctx: Context) -> AppContext | None:
-    """The app context whose teardown is part of the end of ``ctx``, a
-    request's context, other than ``ctx`` itself: before Flask 3.2 the app
-    context the request pushed for itself (None when one was active
-    already, as under a test that pushed its own); on Flask 3.2 None, the
-    request's context being its app context. Read while the request's
-    teardown functions run."""
-    tokens = getattr(ctx, "_cv_tokens", None)  # Flask < 3.2: (token, app context pushed) per push
-    if not tokens:
-        return None
-    app_ctx: AppContext | None = tokens[-1][1]
-    return app_ctx
+def app_context_torn_down_later(ctx: Context) -> AppContext | None:
+    """The app context that is torn down after ``ctx``, a request's
+    context, and still serves its request's app (whose
+    ``teardown_appcontext`` functions and ``appcontext_tearing_down``
+    receivers run then): before Flask 3.2 the app context the request runs
+    in, pushed by the request or by whatever called it (a test, a WSGI
+    middleware); on Flask 3.2, where the request's context is itself an app
+    context, the app context it was pushed inside if that is of the same
+    app. Read while the request's teardown functions run."""
+    if _cv_request is not None:
+        return _cv_app.get(None)
+    enclosing = enclosing_app_context(cast(AppContext, ctx))
+    return enclosing if enclosing is not None and enclosing.app is ctx.app else None
 
 
 def _enclosing(app_ctx: AppContext) -> object:

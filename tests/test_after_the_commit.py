@@ -14,17 +14,26 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Response, redirect, stream_with_context
+from flask import Response, appcontext_tearing_down, redirect, stream_with_context
 from sqlalchemy.engine import Engine
 
 from .conftest import AppFactory, Item, raises_from_teardown, stored_keys
 from .test_concurrency import serve  # noqa: F401  (fixture)
 
 
-@pytest.mark.parametrize("hook", ["teardown_request", "teardown_appcontext"])
+@pytest.mark.parametrize("hook", ["teardown_request", "teardown_appcontext", "appcontext_tearing_down"])
+@pytest.mark.parametrize("outer_app_context", [False, True], ids=["", "middleware app context"])
 def test_teardown_function_that_raises_after_the_commit_keeps_the_success(
-    make_app: AppFactory, observer: Engine, hook: str, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory,
+    observer: Engine,
+    hook: str,
+    outer_app_context: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Also for a receiver of the ``appcontext_tearing_down`` signal, and
+    for an app context a WSGI middleware pushes around the app (Flask
+    before 3.2 runs the request in it, Flask 3.2 inside it), torn down
+    after the request's own."""
     app, db = make_app()
 
     @app.post("/items/<key>")
@@ -34,11 +43,22 @@ def test_teardown_function_that_raises_after_the_commit_keeps_the_success(
 
     failing = [True]
 
-    def broken(exc: BaseException | None) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         if failing:
             raise RuntimeError("a teardown function of the app fails")
 
-    getattr(app, hook)(broken)
+    if hook == "appcontext_tearing_down":
+        appcontext_tearing_down.connect(broken, app)
+    else:
+        getattr(app, hook)(broken)
+    if outer_app_context:
+        wsgi_app = app.wsgi_app
+
+        def middleware(environ: Any, start_response: Any) -> Any:
+            with app.app_context():  # per-tenant set-up before dispatch, say
+                return list(wsgi_app(environ, start_response))
+
+        app.wsgi_app = middleware  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
         response = app.test_client().post("/items/a")
     failing.clear()
