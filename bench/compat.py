@@ -60,6 +60,7 @@ def serve(app: Any, scenario_key: str, count: int) -> None:
 
 def _child(app_key: str, scenario_key: str, count: int) -> None:
     """Run under callgrind: build, seed, warm up, then serve ``count`` requests."""
+    callgrind.shift_heap()
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{directory}/bench.db"
         bench_apps.prepare_database(url)

@@ -625,7 +625,11 @@ class SessionScope:
     def _new_session(self, ctx: Context, scope: ContextScope) -> Session:
         state = scope.state
         if state is None:
-            state = scope.state = self._state(ctx.app)
+            try:
+                state = self._states[ctx.app]
+            except KeyError:
+                state = self._state(ctx.app)  # raises, saying why
+            scope.state = state
         factory = state.sessionmaker
         if not scope.read_only:
             return factory()

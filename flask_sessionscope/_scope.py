@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from . import _flask_internals
+from . import _flask_internals, _processes
 from ._blocks import current_block
 from ._flask_internals import Context
 from ._processes import abandon, fork_generation
@@ -83,7 +83,7 @@ class ContextScope:
 
     def __init__(self) -> None:
         #: The fork generation of the process that opened the sessions.
-        self.generation = fork_generation()
+        self.generation = _processes.generation  # fork_generation(), without the call
 
     def is_open(self) -> bool:
         """Whether the context still has a session to close."""

@@ -51,9 +51,13 @@ def sqlite_began_no_transaction(transaction: SessionTransaction) -> bool:
     invalidated), which SQLAlchemy 2.0 and 2.1 both keep: this runs at the
     end of every request that read on SQLite, where the public
     ``invalidated`` and ``connection`` properties cost more than the rest
-    of the check. A SQLAlchemy that renamed it gets False, so its reads on
-    SQLite are committed like any other."""
-    for connection in dict.fromkeys(root_connections(transaction)):
+    of the check; and the transaction's ``_connections`` (see
+    :func:`root_connections`). A SQLAlchemy that renamed either gets
+    False, so its reads on SQLite are committed like any other."""
+    entries = getattr(transaction, "_connections", None)
+    if entries is None:
+        return False
+    for connection in dict.fromkeys(map(_FIRST, entries.values())):
         proxy = getattr(connection, "_dbapi_connection", None)
         driver_connection = getattr(proxy, "dbapi_connection", None)
         if not isinstance(driver_connection, sqlite3.Connection) or driver_connection.in_transaction:
