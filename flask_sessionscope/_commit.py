@@ -173,19 +173,6 @@ def roll_back(session: Session) -> None:
         close_quietly(session)
 
 
-def begin_before_savepoint(session: Session) -> None:
-    """Make sure ``session``'s transaction is open on the database before a
-    SAVEPOINT. pysqlite, in its default mode, sends no BEGIN until the first
-    INSERT, UPDATE or DELETE; a SAVEPOINT sent outside a transaction opens one
-    of its own, and releasing it commits, so a nested ``db.transaction()``
-    would commit early."""
-    connection = session.connection()
-    if connection.dialect.driver != "pysqlite":
-        return
-    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-        connection.exec_driver_sql("BEGIN")
-
-
 def close_quietly(session: Session) -> None:
     """Close ``session``, rolling back anything uncommitted; log instead of
     raising, because this runs in teardown where an error would hide the

@@ -40,6 +40,7 @@ from . import (
     _processes,
     _replicas,
     _retry,
+    _sqlite_savepoints,
     _tagging,
     _worker_databases,
 )
@@ -53,7 +54,6 @@ from ._blocks import (
 from ._blocks import enter as enter_block
 from ._blocks import leave as leave_block
 from ._commit import (
-    begin_before_savepoint,
     close_after_body,
     close_quietly,
     close_scope,
@@ -219,6 +219,7 @@ class SessionScope:
             track(engine)
             watch_for_aborted_transactions(engine)
             watch_implicit_commits(engine)
+            _sqlite_savepoints.install(engine)
             if settings.reset_session_state:
                 _connection_state.reset_on_return(engine)
         for engine in read_only_engines.values():
@@ -855,8 +856,7 @@ def _nested_block(parent: Block) -> Iterator[Session]:
     block = Block(parent.scope, session, parent)
     token = enter_block(block)
     try:
-        begin_before_savepoint(session)
-        savepoint = session.begin_nested()
+        savepoint = session.begin_nested()  # on SQLite, after a BEGIN (see _sqlite_savepoints)
         try:
             yield session
         except BaseException:

@@ -81,6 +81,38 @@ def test_savepoint_rolled_back_by_the_view_keeps_the_request_committable(
     assert stored_keys(observer) == ["new", "new-after", "taken"]
 
 
+@pytest.mark.parametrize("status", [201, 500])
+@pytest.mark.parametrize("raw", [False, True], ids=["ORM", "raw SQL"])
+def test_first_write_inside_a_savepoint_belongs_to_the_request(
+    make_app: AppFactory, observer: Engine, status: int, raw: bool
+) -> None:
+    """The pattern of the docs for a statement expected to fail, as a
+    view's first write. SQLite's driver sends no BEGIN before a SAVEPOINT,
+    so the SAVEPOINT opened a transaction of its own and its release
+    committed: a failed request kept the row. It must go with the request."""
+    app, db = make_app(PROPAGATE_EXCEPTIONS=False)
+    _store(observer, "taken")
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        with db.session.begin_nested():
+            if raw:
+                db.session.execute(sa.insert(Item).values(key=key))
+            else:
+                db.session.add(Item(key=key))
+        try:
+            with db.session.begin_nested():
+                db.session.execute(sa.insert(Item).values(key="taken"))
+        except IntegrityError:
+            pass
+        return "done", status
+
+    assert app.test_client().post("/items/new").status_code == status
+    assert stored_keys(observer) == (["new", "taken"] if status == 201 else ["taken"])
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_transaction_block_the_server_aborted_raises_and_stores_nothing(
     make_app: AppFactory, observer: Engine, backend: str
 ) -> None:
