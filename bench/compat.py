@@ -150,11 +150,24 @@ def main() -> int:
         print(f"bytecodes per request (sys.settrace, SQLite, {args.counted} requests per app and scenario;")
         print("in brackets: those in flask_sessionscope's own code)")
         print(f"{'':<52}" + "".join(f"{SCENARIO_BY_KEY[key].title:>22}" for key in scenarios))
+        totals: dict[str, list[float]] = {}
         for app_key in apps:
             found = [bytecodes_per_request(app_key, key, args.counted) for key in scenarios]
+            totals[app_key] = [total for total, _ in found]
             cells = "".join(f"{f'{total:,.0f} ({own:,.0f})':>22}" for total, own in found)
             print(f"{bench_apps.BY_KEY[app_key].title():<52}" + cells)
-        return 0
+        if "compat" not in totals or "flask_sqlalchemy" not in totals:
+            return 0
+        ratios = [
+            ours / theirs for ours, theirs in zip(totals["compat"], totals["flask_sqlalchemy"], strict=True)
+        ]
+        print(f"{'compat / Flask-SQLAlchemy':<52}" + "".join(f"{ratio:>22.3f}" for ratio in ratios))
+        worst = max(ratios)
+        print(
+            f"target (issue 12): compat / Flask-SQLAlchemy <= {TARGET} in every scenario, in bytecodes:"
+            f" {worst:.3f} {'met' if worst <= TARGET else 'NOT met'}"
+        )
+        return 0 if worst <= TARGET else 1
     if args.calls:
         print(
             f"Python function calls per request (cProfile, SQLite, {args.counted} requests per app and scenario)"
