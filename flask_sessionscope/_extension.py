@@ -64,7 +64,7 @@ from ._commit import (
 from ._errors import ConfigurationError
 from ._failures import CommitInterrupted, answer_unavailability, failure_response, is_unavailability
 from ._flask_internals import Context
-from ._implicit_commits import watch_implicit_commits
+from ._implicit_commits import for_schema_changes, watch_implicit_commits
 from ._jobs import run_unit_of_work
 from ._not_found import found_or_404, one_or_404
 from ._pagination import DEFAULT_MAX_PER_PAGE, Pagination, page_arguments, paginate_select
@@ -552,13 +552,13 @@ class SessionScope:
         every bind (``"__all__"``), or on the one or several named. Needs an
         app context."""
         for key in selected_binds(self._metadatas, bind_key):
-            self._metadatas[key].create_all(self.get_engine(key))
+            self._metadatas[key].create_all(for_schema_changes(self.get_engine(key)))
 
     def drop_all(self, bind_key: str | list[str | None] | None = ALL_BINDS) -> None:
         """Drop the tables of the given metadata, on every bind or on the
         named ones. Needs an app context."""
         for key in selected_binds(self._metadatas, bind_key):
-            self._metadatas[key].drop_all(self.get_engine(key))
+            self._metadatas[key].drop_all(for_schema_changes(self.get_engine(key)))
 
     # -- queries a view needs ---------------------------------------------
 

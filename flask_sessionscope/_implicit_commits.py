@@ -52,6 +52,18 @@ def watch_implicit_commits(engine: Engine) -> None:
         event.listen(engine, "do_execute_no_params", _on_execute_no_params)
 
 
+def for_schema_changes(engine: Engine) -> Engine:
+    """``engine``, in AUTOCOMMIT mode on MariaDB/MySQL, for ``db.create_all()``
+    and ``db.drop_all()``: their DDL commits there whatever the mode, on
+    connections of their own, so it sweeps along no request's writes and
+    is not warned about (a test fixture that makes the tables under a
+    pushed request context would log a warning per table). Elsewhere DDL
+    stays transactional: ``engine`` itself."""
+    if engine.url.get_backend_name() in _MYSQL_BACKENDS:
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def implicit_commit_verb(statement: str) -> str | None:
     """The leading words of ``statement`` when MariaDB/MySQL commits the
     current transaction before running it (``"CREATE TABLE"``,
