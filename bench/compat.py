@@ -2,20 +2,31 @@
 
 Usage (from the repository root, after ``.venv/bin/pip install -e '.[bench]'``)::
 
-    .venv/bin/python bench/compat.py                # about 3 minutes; needs valgrind
-    .venv/bin/python bench/compat.py --smoke        # seconds; no valgrind
     .venv/bin/python bench/compat.py --bytecodes --counted 50   # bytecodes per request; seconds
+    .venv/bin/python bench/compat.py --calls --counted 1000     # function calls per request; seconds
+    .venv/bin/python bench/compat.py                # instructions; 15 to 30 minutes; needs valgrind
+    .venv/bin/python bench/compat.py --smoke        # seconds; no valgrind
 
 Issue 12 asks that an app ported by changing its import (the ``compat``
 contender of ``bench_apps.py``: the Flask-SQLAlchemy app, ``commit()`` in
 its write view kept) cost no more per request than under Flask-SQLAlchemy
 (the ``flask_sqlalchemy`` contender). A few percent of a request is below
-what a wall clock on a shared 2-CPU machine can tell apart, so each app is
-judged by **instructions per request**, counted by valgrind's callgrind in
-a child process per app and scenario on a SQLite file (the database runs
-in the process, so its work is counted too): the count for ``--counted``
-requests minus the count for none, divided by ``--counted``, with a fixed
-hash seed. Round trips are the same for both (``bench/requests.py``).
+what a wall clock on a shared 2-CPU machine can tell apart, so the apps
+are compared by counts that do not depend on the machine's load, in a
+process per app on a SQLite file (the database runs in the process):
+
+- **bytecodes per request** (``sys.settrace`` with opcode events), which
+  judge the target: exact, and the same whatever the memory layout;
+- function calls per request (cProfile, C functions included);
+- instructions per request (valgrind's callgrind: the count for
+  ``--counted`` requests minus the count for none, divided by
+  ``--counted``, with a fixed hash seed; the median over the layouts of
+  ``callgrind.LAYOUTS``). These include the C code's work, but move by 2 to
+  3 % with the process's memory layout, in clusters that the layouts do
+  not fully sample (two runs of the same code from different working
+  directories disagreed by that much): differences under 3 % are noise.
+
+Round trips are the same for both (``bench/requests.py``).
 """
 
 from __future__ import annotations
