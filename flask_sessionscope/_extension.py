@@ -706,7 +706,9 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, session: Session, re
     if state.autocommit and scope.autocommit:
         decision = not (scope.rollback_only or scope.commit_failed) and bool(state.commit_rule(response))
     # The body is generated after the commit, with the session still open for it.
-    streamed = response.is_streamed and not response.direct_passthrough
+    # (A list, Flask's own body, is checked first: is_streamed is a property.)
+    body = response.response
+    streamed = body.__class__ is not list and response.is_streamed and not response.direct_passthrough
     if not streamed and not scope.transactions and only_close_needed(session):
         # Committing, rolling back and closing all come to the same here.
         # The headers are not checked: nothing is committed that a response
