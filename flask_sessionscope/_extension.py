@@ -125,7 +125,7 @@ _FLASK_SQLALCHEMY_NAMES = frozenset(
     }
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: On an app context torn down after a request it served: that request was committed.
+#: On an app context torn down after requests it served: whether the last was committed.
 _REQUEST_COMMITTED_ATTRIBUTE = "_flask_sessionscope_request_committed"
 
 
@@ -233,6 +233,8 @@ class SessionScope:
         except TypeError as error:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
+        for engine in _session_option_engines(factory.kw):
+            _sqlite_savepoints.install(engine)  # engines the app made itself
         note_commits(factory, engines)
         replicas = _replicas.configure(app, settings, engines, read_only_engines, factory)
         replica_engines = replicas.engines if replicas is not None else []
@@ -645,6 +647,12 @@ class SessionScope:
         return {**mapped_classes(), "db": self}
 
 
+def _session_option_engines(options: dict[str, Any]) -> list[Engine]:
+    """The engines among a sessionmaker's ``bind`` and ``binds`` options."""
+    candidates = [options.get("bind"), *(options.get("binds") or {}).values()]
+    return [candidate for candidate in candidates if isinstance(candidate, Engine)]
+
+
 def _with_remove(session_class: type[Session]) -> type[Session]:
     """``session_class`` with a ``remove()`` that closes the session, unless
     it has one: Flask-SQLAlchemy's ``db.session`` is a ``scoped_session``,
@@ -795,15 +803,15 @@ def _teardown_failed(ctx: AppContext | None, error: Exception) -> None:
 
 
 def _committed_here(ctx: AppContext) -> bool:
-    """Whether the request of ``ctx`` (the app context being torn down) has
-    been committed."""
-    if getattr(ctx, _REQUEST_COMMITTED_ATTRIBUTE, False):
-        return True  # noted by the end of the request's own context (Flask < 3.2)
+    """Whether the request whose teardown raised (``ctx``: the app context
+    active then) has been committed: the request still running, if any;
+    else the last request ``ctx`` served, as noted when that request's own
+    context ended."""
     request_ctx = _flask_internals.request_context()
-    for scope in (scope_of(ctx), scope_of(request_ctx) if request_ctx is not None else None):
-        if scope is not None and scope.committed:
-            return True
-    return False
+    scope = scope_of(request_ctx if request_ctx is not None else ctx)
+    if scope is not None and scope.committed:
+        return True
+    return request_ctx is None and getattr(ctx, _REQUEST_COMMITTED_ATTRIBUTE, False)
 
 
 def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -> None:
@@ -828,13 +836,15 @@ def _end_context(ctx: Context | None) -> None:
         return
     if (scope.session is not None or scope.transactions) and not scope.streaming:
         close_scope(scope)
-    if scope.committed and (ctx.app.teardown_appcontext_funcs or appcontext_tearing_down.receivers):
+    if ctx.app.teardown_appcontext_funcs or appcontext_tearing_down.receivers:
         app_ctx = _flask_internals.app_context_torn_down_later(ctx)
         if app_ctx is not None and app_ctx is not ctx:
             # What runs at its teardown (the only things Flask runs there)
             # can no longer find this context's scope: an error of theirs
-            # must not turn the committed request into a 500 either.
-            setattr(app_ctx, _REQUEST_COMMITTED_ATTRIBUTE, True)
+            # must not turn a committed request into a 500 either. Noted
+            # for the last request only: an app context a test keeps
+            # serves many.
+            setattr(app_ctx, _REQUEST_COMMITTED_ATTRIBUTE, scope.committed)
 
 
 def _mark_read_only(scope: ContextScope) -> None:

@@ -16,18 +16,26 @@ simpler, but any engine-level listener puts every statement of the engine
 on SQLAlchemy's event-dispatching path (about 750 bytecodes more for a read
 by key); this costs nothing outside savepoints.
 
-A connection in autocommit mode (``isolation_level=None``) is left alone:
-there, every statement is its own transaction by choice.
+Only a connection under the driver's legacy transaction control is
+helped: one in autocommit mode (``isolation_level=None``, or Python 3.12's
+``autocommit=True``) runs every statement as its own transaction by
+choice, and one with ``autocommit=False`` always holds a transaction. The
+BEGIN is the driver's own (``BEGIN IMMEDIATE`` under
+``isolation_level="IMMEDIATE"``), so the savepoint's transaction takes its
+locks as the driver's would.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
 _WRAPPED = "_flask_sessionscope_begins_before_savepoints"
+#: sqlite3.LEGACY_TRANSACTION_CONTROL (Python 3.12+); older drivers have only that mode.
+_LEGACY = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
 
 
 def install(engine: Engine) -> None:
@@ -43,9 +51,11 @@ def install(engine: Engine) -> None:
         if (
             driver_connection is not None
             and not driver_connection.in_transaction
-            and driver_connection.isolation_level is not None  # None: autocommit mode
+            and getattr(driver_connection, "autocommit", _LEGACY) == _LEGACY  # Python 3.12+
         ):
-            connection.exec_driver_sql("BEGIN")
+            mode = driver_connection.isolation_level
+            if mode is not None:  # None: autocommit mode
+                connection.exec_driver_sql(f"BEGIN {mode}".rstrip())
         return savepoint(connection, name)
 
     dialect.do_savepoint = begin_then_savepoint  # type: ignore[method-assign]

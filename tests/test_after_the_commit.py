@@ -68,6 +68,46 @@ def test_teardown_function_that_raises_after_the_commit_keeps_the_success(
     assert "a teardown function of the app fails" in caplog.text  # with its traceback
 
 
+def test_an_app_context_kept_across_requests_judges_each_by_itself(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """A test keeps one app context pushed and the app has a test client
+    class of its own (Flask-Login's), so on Flask before 3.2 every request
+    runs in that context. After a committed request, the teardown error of
+    a later one that was rolled back is still raised, as Flask raises it."""
+    from flask.testing import FlaskClient
+
+    class AppsOwnClient(FlaskClient):
+        pass
+
+    app, db = make_app()
+    app.test_client_class = AppsOwnClient
+    failing: list[bool] = []
+
+    @app.teardown_appcontext
+    def unrelated(exc: BaseException | None) -> None:
+        pass  # makes the extension note, on the kept context, how requests ended
+
+    @app.teardown_request
+    def broken(exc: BaseException | None) -> None:
+        if failing:
+            raise RuntimeError("teardown fails")
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return ("created", 201) if key != "refused" else ("no", 409)
+
+    with app.app_context():
+        client = app.test_client()
+        assert client.post("/items/a").status_code == 201
+        failing.append(True)
+        with raises_from_teardown(RuntimeError, "teardown fails"):
+            client.post("/items/refused")
+        failing.clear()
+    assert stored_keys(observer) == ["a"]
+
+
 def test_leftover_flask_sqlalchemy_remove_in_teardown_breaks_nothing(
     make_app: AppFactory, observer: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
