@@ -101,7 +101,9 @@ def app_context_torn_down_later(ctx: Context) -> AppContext | None:
     in, pushed by the request or by whatever called it (a test, a WSGI
     middleware); on Flask 3.2, where the request's context is itself an app
     context, the app context it was pushed inside if that is of the same
-    app. Read while the request's teardown functions run."""
+    app. Read while the request's teardown functions run. Asked for a
+    plain app context, it gives that context itself before Flask 3.2
+    (callers skip it) and the same-app context around it on Flask 3.2."""
     if _cv_request is not None:
         return _cv_app.get(None)
     enclosing = enclosing_app_context(cast(AppContext, ctx))
