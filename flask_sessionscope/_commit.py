@@ -142,13 +142,14 @@ def _end_driver_transactions(session: Session) -> None:
             connection.invalidate()
 
 
-def only_close_needed(session: Session) -> bool:
+def only_close_needed(session: Session, uses_sqlite: bool) -> bool:
     """Whether closing is all that ending ``session`` can need, whatever
     the request's outcome: nothing is pending, no ``on_commit`` callback
     waits, and either no transaction is open (the view committed itself
     and changed nothing since) or nothing was flushed, the session is not
     read-only (its ``info`` is empty) and no connection of it holds a
-    transaction in the driver (a read on SQLite). With any doubt, False."""
+    transaction in the driver (a read on SQLite; asked only when the app
+    has a SQLite engine, ``uses_sqlite``). With any doubt, False."""
     if has_pending_changes(session):
         return False
     info = session.info
@@ -157,7 +158,7 @@ def only_close_needed(session: Session) -> bool:
         # The view committed or rolled back itself and changed nothing since.
         info.pop(FLUSHED, None)
         return not has_callbacks(session)
-    return not info and sqlite_began_no_transaction(transaction)
+    return uses_sqlite and not info and sqlite_began_no_transaction(transaction)
 
 
 def roll_back(session: Session) -> None:

@@ -144,6 +144,9 @@ class _AppState:
     read_only_engines: dict[Engine, Engine]
     #: Read replicas and the choice among them; None without replicas.
     replicas: _replicas.Router | None = None
+    #: Some engine of the app uses Python's sqlite3, whose reads may end
+    #: with nothing to commit (the end of a request checks only then).
+    uses_sqlite: bool = False
 
 
 class SessionScope:
@@ -233,7 +236,8 @@ class SessionScope:
         except TypeError as error:
             raise ConfigurationError(f"{SESSION_OPTIONS_KEY}: invalid session option: {error}") from None
         _guards.install(factory)
-        for engine in _session_option_engines(factory.kw):
+        option_engines = _session_option_engines(factory.kw)
+        for engine in option_engines:
             _sqlite_savepoints.install(engine)  # engines the app made itself
         note_commits(factory, engines)
         replicas = _replicas.configure(app, settings, engines, read_only_engines, factory)
@@ -249,6 +253,7 @@ class SessionScope:
             _guards.read_only_class(factory),
             read_only_engines,
             replicas,
+            any(engine.dialect.driver == "pysqlite" for engine in [*engines.values(), *option_engines]),
         )
         app.extensions[EXTENSION_KEY] = self
         if worker_databases is not None:
@@ -717,7 +722,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, session: Session, re
     # (A list, Flask's own body, is checked first: is_streamed is a property.)
     body = response.response
     streamed = body.__class__ is not list and response.is_streamed and not response.direct_passthrough
-    if not streamed and not scope.transactions and only_close_needed(session):
+    if not streamed and not scope.transactions and only_close_needed(session, state.uses_sqlite):
         # Committing, rolling back and closing all come to the same here.
         # The headers are not checked: nothing is committed that a response
         # the server cannot send would contradict (docs/reliability.md).
