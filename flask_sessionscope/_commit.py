@@ -55,10 +55,13 @@ def finish_request(scope: ContextScope, commit: bool, *, closing: bool = False) 
         # A request that wrote nothing keeps what it loaded (a streamed
         # body may still read it) instead of reloading it after COMMIT.
         session.expire_on_commit = False
-    scope.session = None
-    commit_or_discard(session, closing=closing)
+    try:
+        # Listeners of the COMMIT that use db.session get this session.
+        commit_or_discard(session, closing=closing)
+    except BaseException:
+        scope.session = None  # closed by commit_or_discard
+        raise
     forget_writes(session)
-    scope.session = session
     scope.committed = True
 
 

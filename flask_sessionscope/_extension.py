@@ -421,20 +421,25 @@ class SessionScope:
         is sent. One that raises is logged and the others still run; the
         committed answer stands.
 
-        With no unit of work open (an app context with no transaction), or
-        in a session read-only from its start, which never commits, the callback
-        runs at once.
+        With no unit of work open (an app context with no transaction), in
+        a session read-only from its start, which never commits, or from
+        another callback outside a ``db.transaction()`` block (its unit of
+        work has committed), the callback runs at once. Registered from an
+        ``after_commit`` listener, it runs with that COMMIT's callbacks.
         """
         ctx = current_context()
-        in_request = ctx is _flask_internals.request_context()
         scope = scope_of(ctx)
+        in_block = scope is not None and current_block(scope) is not None
+        if not in_block and _on_commit.running_callbacks():
+            _on_commit.run_one(ctx.app, callback)  # a callback's: its unit of work has committed
+            return
+        in_request = ctx is _flask_internals.request_context()
         session = scope.current_session() if scope is not None else None
         if session is None and in_request:
             session = self.session  # the request's unit of work, committed at its end
         if session is None or _guards.never_commits(session):
             _on_commit.run_one(ctx.app, callback)
             return
-        in_block = scope is not None and current_block(scope) is not None
         if not (in_request or in_block or session.in_transaction()):
             _on_commit.run_one(ctx.app, callback)
             return

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -32,7 +33,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from . import _flask_internals
+from . import _flask_internals, _sqlalchemy_internals
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -47,6 +48,10 @@ _LISTENING = "flask_sessionscope.on_commit.listening"
 #: (the pytest plugin's ``db_isolation``, where nothing really commits).
 _captures: WeakKeyDictionary[Flask, list[list[Callback]]] = WeakKeyDictionary()
 
+#: True while committed callbacks run: one registered then belongs to a
+#: unit of work that has committed already.
+_running: ContextVar[bool] = ContextVar("flask_sessionscope.on_commit.running", default=False)
+
 
 @dataclass(frozen=True)
 class _Registered:
@@ -58,7 +63,10 @@ class _Registered:
 
 def register(session: Session, app: Flask, callback: Callback) -> None:
     """Run ``callback`` after ``session``'s outermost COMMIT; forget it if
-    the transaction, or the SAVEPOINT open now, rolls back."""
+    the transaction, or the SAVEPOINT open now, rolls back.
+
+    Registered while that COMMIT is being made (from an ``after_commit``
+    listener), it is committed already, and runs with the others."""
     entry = _Registered(app, callback, session.get_nested_transaction())
     if _LISTENING not in session.info:
         session.info[_LISTENING] = True  # a session keeps its listeners for its whole life
@@ -66,6 +74,9 @@ def register(session: Session, app: Flask, callback: Callback) -> None:
         event.listen(session, "after_soft_rollback", _after_soft_rollback)
         event.listen(session, "after_transaction_end", _after_transaction_end)
     session.info.setdefault(_CALLBACKS, []).append(entry)
+    transaction = session.get_transaction()
+    if transaction is not None and _sqlalchemy_internals.is_committing(transaction):
+        session.info[_COMMITTED] = True
 
 
 def has_callbacks(session: Session) -> bool:
@@ -102,12 +113,22 @@ def run(entries: list[_Registered]) -> None:
     """Run committed callbacks in registration order, each in an app context
     of its app. One that raises is logged with its traceback and the others
     still run: the transaction is committed, nothing can undo it."""
-    for entry in entries:
-        recorders = _captures.get(entry.app)
-        if recorders:
-            recorders[-1].append(entry.callback)
-            continue
-        run_one(entry.app, entry.callback)
+    token = _running.set(True)
+    try:
+        for entry in entries:
+            recorders = _captures.get(entry.app)
+            if recorders:
+                recorders[-1].append(entry.callback)
+                continue
+            run_one(entry.app, entry.callback)
+    finally:
+        _running.reset(token)
+
+
+def running_callbacks() -> bool:
+    """Whether committed callbacks are running (in this context): one they
+    register has no unit of work of theirs to wait for, outside a block."""
+    return _running.get()
 
 
 def run_one(app: Flask, callback: Callback) -> None:

@@ -75,6 +75,15 @@ def has_pending_changes(session: Session) -> bool:
         return bool(session.new or session.dirty or session.deleted)
 
 
+def is_committing(transaction: SessionTransaction) -> bool:
+    """Whether ``transaction`` has committed and is now being ended: what
+    an ``after_commit`` listener sees. ``is_active`` alone is False also
+    for a transaction a failed flush left to be rolled back, so the state
+    SQLAlchemy 2.0 and 2.1 keep on it is read."""
+    state = getattr(transaction, "_state", None)
+    return state is not None and getattr(state, "name", None) == "COMMITTED"
+
+
 def in_autocommit(dialect: Dialect, dbapi_connection: Any) -> bool:
     """Whether the driver connection is in autocommit mode.
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask, current_app
+from sqlalchemy.orm import Session
 
 from flask_sessionscope import SessionScope
 
@@ -231,6 +232,75 @@ def test_callbacks_run_in_registration_order_across_savepoints(make_app: AppFact
         db.on_commit(lambda: ran.append(3))
         assert ran == []
     assert ran == [1, 2, 3]
+
+
+@pytest.mark.parametrize("where", ["request", "explicit commit", "block", "app context"])
+def test_registered_from_an_after_commit_listener_runs_after_that_commit(
+    make_app: AppFactory, observer: sa.Engine, where: str
+) -> None:
+    """A listener of the session's COMMIT registers a callback (as a search
+    index or a mailer hooked on ``after_commit`` does): that COMMIT has
+    succeeded, so the callback runs after it, once. It used to be dropped."""
+    app, db = make_app()
+    ran: list[Any] = []
+
+    def enqueue(session: Session) -> None:
+        db.on_commit(lambda: ran.append(stored_keys(observer)))
+
+    with app.app_context():
+        sa.event.listen(db.sessionmaker, "after_commit", enqueue)
+
+    @app.post("/")
+    def view() -> Any:
+        db.session.add(Item(key="a"))
+        if where == "explicit commit":
+            db.session.commit()
+            ran.append("after commit()")
+        return "ok", 201
+
+    if where in ("request", "explicit commit"):
+        assert app.test_client().post("/").status_code == 201
+    else:
+        with app.app_context():
+            if where == "block":
+                with db.transaction() as session:
+                    session.add(Item(key="a"))
+            else:
+                db.session.add(Item(key="a"))
+                db.session.commit()
+    expected: list[Any] = [["a"]]
+    if where == "explicit commit":
+        expected.append("after commit()")
+    assert ran == expected
+
+
+def test_registered_by_a_callback_runs_at_once_unless_in_a_block_of_its_own(
+    make_app: AppFactory, observer: sa.Engine
+) -> None:
+    """A callback that registers another (a task that, once done, sends a
+    mail): the first's unit of work has committed, so the second runs at
+    once, where it is registered; one registered in a block the callback
+    opens waits for that block. It used to be dropped."""
+    app, db = make_app()
+    ran: list[Any] = []
+
+    def first() -> None:
+        ran.append("first")
+        db.on_commit(lambda: ran.append("second"))
+        with db.transaction() as session:
+            session.add(Item(key="b"))
+            db.on_commit(lambda: ran.append(("after the block", stored_keys(observer))))
+            ran.append("in the block")
+        ran.append("first done")
+
+    @app.post("/")
+    def view() -> Any:
+        db.session.add(Item(key="a"))
+        db.on_commit(first)
+        return "ok", 201
+
+    assert app.test_client().post("/").status_code == 201
+    assert ran == ["first", "second", "in the block", ("after the block", ["a", "b"]), "first done"]
 
 
 class TestUnderDbIsolation:

@@ -226,6 +226,36 @@ def test_before_commit_listeners_see_the_requests_pending_objects(
     assert stored_keys(observer) == ["a"]
 
 
+def test_commit_listeners_writing_through_db_session_write_with_the_request(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """An audit hook that adds a row through ``db.session`` in
+    ``before_commit`` adds it to the session being committed, as with a
+    plain ``commit()``; it used to get a new session, whose row was never
+    committed behind a 201."""
+    app, db = make_app()
+    same_session: list[bool] = []
+
+    def audit(session: Session) -> None:
+        if any(isinstance(obj, Item) and obj.key == "a" for obj in session.new):
+            same_session.append(db.session is session)
+            db.session.add(Item(key="audit"))
+
+    with app.app_context():
+        sa.event.listen(db.sessionmaker, "before_commit", audit)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+    assert app.test_client().post("/items/a").status_code == 201
+    assert same_session == [True]
+    assert stored_keys(observer) == ["a", "audit"]
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_request_that_wrote_nothing_keeps_what_it_loaded(
     make_app: AppFactory, observer: Engine, backend: str
 ) -> None:
