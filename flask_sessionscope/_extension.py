@@ -53,6 +53,7 @@ from ._blocks import (
 )
 from ._blocks import enter as enter_block
 from ._blocks import leave as leave_block
+from ._caller_sessions import end_read_transaction
 from ._commit import (
     close_after_body,
     close_quietly,
@@ -846,6 +847,11 @@ def _end_context(ctx: Context | None) -> None:
         return
     if (scope.session is not None or scope.transactions) and not scope.streaming:
         close_scope(scope)
+    caller = _flask_internals.caller_context(ctx)
+    if caller is not None:
+        caller_scope: ContextScope | None = getattr(caller, SCOPE_ATTRIBUTE, None)
+        if caller_scope is not None:
+            end_read_transaction(caller_scope)  # a test's session sees what the request did
     if ctx.app.teardown_appcontext_funcs or appcontext_tearing_down.receivers:
         app_ctx = _flask_internals.app_context_torn_down_later(ctx)
         if app_ctx is not None and app_ctx is not ctx:

@@ -125,6 +125,51 @@ def enclosing_app_context(app_ctx: AppContext) -> AppContext | None:
     return enclosing if isinstance(enclosing, AppContext) else None
 
 
+#: In a request a :class:`FreshContextClient` runs: the context that owns
+#: ``db.session`` in the test around it, which the request cannot see.
+_hidden_caller: ContextVar[Context | None] = ContextVar("flask_sessionscope.hidden_caller", default=None)
+
+if _cv_request is not None:
+
+    def caller_context(ctx: Context) -> Context | None:
+        """The context that owns ``db.session`` once ``ctx``, a request's
+        context, is popped: one a caller (a test) pushed around the
+        request, or None when nothing was (a server's request) or ``ctx``
+        is a plain app context."""
+        if ctx.__class__ is AppContext:  # a plain app context pushed in a view
+            return None
+        request_ctx: Any = ctx  # Flask < 3.2: a RequestContext, whose tokens are pairs
+        token, pushed_app_context = request_ctx._cv_tokens[-1]
+        if pushed_app_context is not None:
+            # No context of the request's app was current when it began;
+            # one a FreshContextClient hid from it may have been.
+            return _hidden_caller.get()
+        app_ctx = _cv_app.get()  # the caller's own, which the request went on using
+        outer_request = token.old_value
+        if outer_request.__class__ is ctx.__class__ and outer_request.app is app_ctx.app:
+            return outer_request
+        return app_ctx
+
+else:
+
+    def caller_context(ctx: Context) -> Context | None:
+        """The context that owns ``db.session`` once ``ctx``, a request's
+        context, is popped: one a caller (a test) pushed around the
+        request, or None when nothing was (a server's request) or ``ctx``
+        is a plain app context."""
+        if not cast(Any, ctx).has_request:  # a plain app context pushed in a view
+            return None
+        app_ctx: Any = enclosing_app_context(cast(AppContext, ctx))
+        if app_ctx is None or app_ctx.has_request:
+            return cast("Context | None", app_ctx)
+        outer = app_ctx
+        while outer is not None and not outer.has_request:
+            outer = enclosing_app_context(outer)
+        if outer is not None and outer.app is app_ctx.app:
+            return cast(Context, outer)
+        return cast(Context, app_ctx)
+
+
 ResponseHook = Callable[[Context, Response], Response]
 ResponseErrorHook = Callable[[Context, Exception], Response]
 TeardownErrorHook = Callable[[AppContext | None, Exception], None]
@@ -227,11 +272,14 @@ def process_response(ctx: Context, response: Response) -> Response:
     return ctx.app.process_response(response)
 
 
-def _forget_contexts() -> None:
-    """In the current contextvars context, show Flask no active context."""
+def _forget_contexts(caller: Context | None) -> None:
+    """In the current contextvars context, show Flask no active context;
+    ``caller``, the one that owned ``db.session``, stays known to
+    :func:`caller_context`."""
     _cv_app.set(None)  # type: ignore[arg-type]
     if _cv_request is not None:
         _cv_request.set(None)  # type: ignore[arg-type]
+    _hidden_caller.set(caller)
 
 
 class _RunIn:
@@ -267,8 +315,9 @@ class FreshContextClient(FlaskClient):
     ) -> tuple[Iterable[bytes], str, Headers]:
         if _cv_app.get(None) is None:
             return super().run_wsgi_app(environ, buffered)
+        caller = current_context()
         context = contextvars.copy_context()
-        context.run(_forget_contexts)
+        context.run(_forget_contexts, caller)
         body, status, headers = context.run(super().run_wsgi_app, environ, buffered)
         return _RunIn(context, body), status, headers
 

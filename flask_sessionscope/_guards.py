@@ -17,7 +17,7 @@ from sqlalchemy import TextClause, TextualSelect, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, sessionmaker
 
 from ._errors import ReadOnlySessionError
-from ._sqlalchemy_internals import has_pending_changes
+from ._sqlalchemy_internals import current_transaction, has_pending_changes
 
 READ_ONLY = "flask_sessionscope.read_only"
 _MARKED_OPEN = "flask_sessionscope.read_only.marked_open"
@@ -98,6 +98,17 @@ def never_commits(session: Session) -> bool:
 def has_unsaved_writes(session: Session) -> bool:
     """Whether the session holds changes, flushed or not, that no commit has saved."""
     return has_pending_changes(session) or FLUSHED in session.info
+
+
+def flushed_in_open_transaction(session: Session) -> bool:
+    """Whether the session flushed in its open transaction (not only in
+    one it committed or rolled back before)."""
+    transaction = session.info.get(FLUSHED)
+    if transaction is None:
+        return False
+    while transaction.parent is not None:
+        transaction = transaction.parent
+    return bool(transaction is session.get_transaction())
 
 
 def forget_writes(session: Session) -> None:
@@ -216,7 +227,7 @@ def _is_textual_write(statement: Any) -> bool:
 
 
 def _note_flush(session: Session, flush_context: UOWTransaction) -> None:
-    session.info[FLUSHED] = True
+    session.info[FLUSHED] = current_transaction(session)  # where: see flushed_in_open_transaction
 
 
 def install(factory: sessionmaker[Session]) -> None:
