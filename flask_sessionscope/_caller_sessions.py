@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ._aborted import aborted_reason
 from ._guards import flushed_in_open_transaction, never_commits
 from ._on_commit import has_callbacks
 from ._scope import ContextScope
@@ -57,8 +58,8 @@ def end_read_transaction(scope: ContextScope) -> None:
     ):
         return
     try:
-        if flushed_in_open_transaction(session):
-            return
+        if flushed_in_open_transaction(session) or aborted_reason(session) is not None:
+            return  # the test's own writes, or an error of its own it has yet to roll back
         if any(map(_may_have_written, transaction_connections(session))):
             return
         session.commit()

@@ -838,12 +838,13 @@ def _end_failed_request(sender: Flask, exception: BaseException, **extra: Any) -
         close_scope(scope)
 
 
-def _end_context(ctx: Context | None) -> None:
+def _end_context(ctx: Any) -> None:
     """A context's teardown functions have run: close the sessions it still
     has (one opened by a teardown function, or that of an app context
-    outside requests); a request's are normally closed at its end already."""
+    outside requests); a request's are normally closed at its end already.
+    ``ctx``: the context, or None (Flask found none), then without a scope."""
     scope: ContextScope | None = getattr(ctx, SCOPE_ATTRIBUTE, None)
-    if scope is None or ctx is None:  # (the second for the type checker)
+    if scope is None:
         return
     if (scope.session is not None or scope.transactions) and not scope.streaming:
         close_scope(scope)

@@ -138,8 +138,8 @@ if _cv_request is not None:
         is a plain app context."""
         if ctx.__class__ is AppContext:  # a plain app context pushed in a view
             return None
-        request_ctx: Any = ctx  # Flask < 3.2: a RequestContext, whose tokens are pairs
-        token, pushed_app_context = request_ctx._cv_tokens[-1]
+        # A RequestContext's tokens are pairs: its own, and the app context it pushed.
+        token, pushed_app_context = ctx._cv_tokens[-1]  # type: ignore[misc]
         if pushed_app_context is not None:
             # No context of the request's app was current when it began;
             # one a FreshContextClient hid from it may have been.
@@ -217,11 +217,15 @@ def wrap_teardowns(app: Flask, end_context: TeardownHook, on_error: TeardownErro
     every app context after ``do_teardown_appcontext``), and hand an error
     of those functions to ``on_error(app_ctx, error)`` first, which raises
     it or not (``app_ctx``: the app context active then)."""
-    _wrap_teardown(app, "do_teardown_request", on_error, None if CONTEXT_FIRST else end_context)
+    _wrap_teardown(app, "do_teardown_request", on_error, _ignore_context if CONTEXT_FIRST else end_context)
     _wrap_teardown(app, "do_teardown_appcontext", on_error, end_context)
 
 
-def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: TeardownHook | None) -> None:
+def _ignore_context(ctx: Context | None) -> None:
+    """Flask 3.2's request teardown: the app context's, right after it, ends the context."""
+
+
+def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: TeardownHook) -> None:
     """Wrap the teardown method ``name`` of ``app``. Arguments pass through
     unchanged, so every signature the installed Flask accepts still works;
     the context is the first argument on Flask 3.2, the active one before.
@@ -236,8 +240,7 @@ def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: Te
             except Exception as error:
                 on_error(ctx, error)
             finally:
-                if after is not None:
-                    after(ctx)
+                after(ctx)
 
         wrapper = context_first
     else:
@@ -250,8 +253,7 @@ def _wrap_teardown(app: Flask, name: str, on_error: TeardownErrorHook, after: Te
             except Exception as error:
                 on_error(_cv_app.get(None), error)
             finally:
-                if after is not None:
-                    after(ending.get(None))
+                after(ending.get(None))
 
         wrapper = old_signature
     setattr(app, name, wrapper)

@@ -44,8 +44,8 @@ def sqlite_began_no_transaction(transaction: SessionTransaction) -> bool:
     """Whether every connection of ``transaction`` (a session's root
     transaction) is a sqlite3 connection that has no transaction open.
     Python's sqlite3 sends BEGIN before the first write, not before a
-    read, and tells; any other driver, or a connection invalidated, is a
-    doubt: False.
+    read, and tells; any other driver (a subclass of its connection
+    included), or a connection invalidated, is a doubt: False.
 
     Reads ``Connection._dbapi_connection`` (the pool's proxy, None once
     invalidated), which SQLAlchemy 2.0 and 2.1 both keep: this runs at the
@@ -54,14 +54,13 @@ def sqlite_began_no_transaction(transaction: SessionTransaction) -> bool:
     of the check; and the transaction's ``_connections`` (see
     :func:`root_connections`). A SQLAlchemy that renamed either gets
     False, so its reads on SQLite are committed like any other."""
-    entries = getattr(transaction, "_connections", None)
-    if entries is None:
+    try:
+        for connection in dict.fromkeys(map(_FIRST, transaction._connections.values())):
+            driver_connection = connection._dbapi_connection.dbapi_connection
+            if driver_connection.__class__ is not sqlite3.Connection or driver_connection.in_transaction:
+                return False
+    except AttributeError:  # renamed, or invalidated (no proxy)
         return False
-    for connection in dict.fromkeys(map(_FIRST, entries.values())):
-        proxy = getattr(connection, "_dbapi_connection", None)
-        driver_connection = getattr(proxy, "dbapi_connection", None)
-        if not isinstance(driver_connection, sqlite3.Connection) or driver_connection.in_transaction:
-            return False
     return True
 
 
