@@ -11,7 +11,9 @@ and its requests, so the request's commit ended the test's transaction too;
 on Flask 3.2, which gives every request an app context of its own, it does
 not either.
 
-So after such a request, the caller's session ends its transaction when
+So after such a request, in an app under test (``TESTING``; checked by
+the caller, with the caller's app and process), the caller's session ends
+its transaction when
 that transaction wrote nothing (a COMMIT of reads loses nothing): its next
 read sees what the request committed, and what it loaded is expired as by
 any commit. A transaction that flushed, holds pending objects or
@@ -19,8 +21,9 @@ any commit. A transaction that flushed, holds pending objects or
 (PostgreSQL, SQLite), is left alone: the test decides what becomes of its
 own writes. On MySQL/MariaDB, which cannot say, SQL the test sent itself
 through ``session.execute()`` (Core ``insert()``, ``text()``) is not seen,
-and is committed with the reads. Servers never get here: nothing is pushed
-around the requests they serve.
+and is committed with the reads. Outside tests this never runs: a view
+that calls its own app is a caller too, and its transaction must follow
+its own outcome.
 """
 
 from __future__ import annotations

@@ -18,7 +18,12 @@ from ._guards import FLUSHED, forget_writes, has_unsaved_writes, never_commits
 from ._on_commit import has_callbacks
 from ._partial_commits import partly_applied
 from ._scope import ContextScope
-from ._sqlalchemy_internals import has_pending_changes, sqlite_began_no_transaction, transaction_connections
+from ._sqlalchemy_internals import (
+    has_pending_changes,
+    is_committing,
+    sqlite_began_no_transaction,
+    transaction_connections,
+)
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -104,9 +109,21 @@ def commit_or_discard(session: Session, *, closing: bool = False) -> None:
             raise TransactionAbortedError(f"the database aborted the transaction after: {reason}")
         to_flush = has_pending_changes(session)
         forget_writes(session)  # from here, a noted flush is commit()'s own
+        transaction = session.get_transaction()
         try:
             session.commit()
-        except DBAPIError as error:
+        except Exception as error:
+            if transaction is not None and is_committing(transaction):
+                # The COMMIT succeeded; an after_commit listener raised.
+                logger.error(
+                    "a listener of the COMMIT raised after it succeeded; the transaction stays"
+                    " committed (after_commit runs when the session can no longer run SQL)",
+                    exc_info=error,
+                )
+                close_quietly(session)
+                return
+            if not isinstance(error, DBAPIError):
+                raise
             _end_driver_transactions(session)
             partly = partly_applied(session, error)
             if partly is not None:

@@ -383,7 +383,7 @@ class SessionScope:
             if block.generation == fork_generation():
                 scope.transactions = tuple(other for other in scope.transactions if other is not session)
                 close_quietly(session)
-        _on_commit.run(committed)
+        _on_commit.run(session, committed)
 
     def run_in_transaction(self, fn: Callable[..., T], /, *args: Any, attempts: int = 3, **kwargs: Any) -> T:
         """Call ``fn(session, *args, **kwargs)`` in a :meth:`transaction`
@@ -424,23 +424,24 @@ class SessionScope:
 
         With no unit of work open (an app context with no transaction), in
         a session read-only from its start, which never commits, or from
-        another callback outside a ``db.transaction()`` block (its unit of
-        work has committed), the callback runs at once. Registered from an
+        another callback of the same session before anything began new work
+        on it (its unit of work has committed), the callback runs at once. Registered from an
         ``after_commit`` listener, it runs with that COMMIT's callbacks.
         """
         ctx = current_context()
-        scope = scope_of(ctx)
-        in_block = scope is not None and current_block(scope) is not None
-        if not in_block and _on_commit.running_callbacks():
-            _on_commit.run_one(ctx.app, callback)  # a callback's: its unit of work has committed
-            return
         in_request = ctx is _flask_internals.request_context()
+        scope = scope_of(ctx)
         session = scope.current_session() if scope is not None else None
         if session is None and in_request:
             session = self.session  # the request's unit of work, committed at its end
-        if session is None or _guards.never_commits(session):
+        if (
+            session is None
+            or _guards.never_commits(session)
+            or _on_commit.registered_after_its_commit(session)
+        ):
             _on_commit.run_one(ctx.app, callback)
             return
+        in_block = scope is not None and current_block(scope) is not None
         if not (in_request or in_block or session.in_transaction()):
             _on_commit.run_one(ctx.app, callback)
             return
@@ -763,7 +764,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, session: Session, re
             # headers, request ids), as Flask gives its own 500 page.
             return _flask_internals.process_response(ctx, failed)
     if committed:
-        _on_commit.run(committed)
+        _on_commit.run(session, committed)
     if streamed:
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.
@@ -849,10 +850,13 @@ def _end_context(ctx: Any) -> None:
     if (scope.session is not None or scope.transactions) and not scope.streaming:
         close_scope(scope)
     caller = _flask_internals.caller_context(ctx)
-    if caller is not None:
+    if caller is not None and caller.app is ctx.app and ctx.app.testing:
+        # A test's own session sees what the request did (docs/testing.md).
         caller_scope: ContextScope | None = getattr(caller, SCOPE_ATTRIBUTE, None)
-        if caller_scope is not None:
-            end_read_transaction(caller_scope)  # a test's session sees what the request did
+        if caller_scope is not None and caller_scope.generation == _processes.generation:
+            end_read_transaction(caller_scope)
+            if scope.session is not None and not scope.streaming:
+                close_scope(scope)  # opened by a listener of that commit
     if ctx.app.teardown_appcontext_funcs or appcontext_tearing_down.receivers:
         app_ctx = _flask_internals.app_context_torn_down_later(ctx)
         if app_ctx is not None and app_ctx is not ctx:

@@ -48,9 +48,10 @@ _LISTENING = "flask_sessionscope.on_commit.listening"
 #: (the pytest plugin's ``db_isolation``, where nothing really commits).
 _captures: WeakKeyDictionary[Flask, list[list[Callback]]] = WeakKeyDictionary()
 
-#: True while committed callbacks run: one registered then belongs to a
-#: unit of work that has committed already.
-_running: ContextVar[bool] = ContextVar("flask_sessionscope.on_commit.running", default=False)
+#: The session whose committed callbacks are running: one they register
+#: on it, while it has begun no new transaction, belongs to a unit of work
+#: that has committed already.
+_running: ContextVar[Session | None] = ContextVar("flask_sessionscope.on_commit.running", default=None)
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,12 @@ def discard(session: Session) -> None:
     take_committed(session)
 
 
-def run(entries: list[_Registered]) -> None:
-    """Run committed callbacks in registration order, each in an app context
-    of its app. One that raises is logged with its traceback and the others
-    still run: the transaction is committed, nothing can undo it."""
-    token = _running.set(True)
+def run(session: Session, entries: list[_Registered]) -> None:
+    """Run ``session``'s committed callbacks in registration order, each in
+    an app context of its app. One that raises is logged with its traceback
+    and the others still run: the transaction is committed, nothing can
+    undo it."""
+    token = _running.set(session)
     try:
         for entry in entries:
             recorders = _captures.get(entry.app)
@@ -125,10 +127,11 @@ def run(entries: list[_Registered]) -> None:
         _running.reset(token)
 
 
-def running_callbacks() -> bool:
-    """Whether committed callbacks are running (in this context): one they
-    register has no unit of work of theirs to wait for, outside a block."""
-    return _running.get()
+def registered_after_its_commit(session: Session) -> bool:
+    """Whether a callback registered now on ``session`` comes from one of
+    its committed callbacks, before anything began a new transaction on
+    it: its unit of work has committed, it has nothing to wait for."""
+    return _running.get() is session and not session.in_transaction()
 
 
 def run_one(app: Flask, callback: Callback) -> None:
@@ -181,7 +184,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     committed = session.info.get(_COMMITTED, False)
     entries = take_committed(session)
     if committed:
-        run(entries)
+        run(session, entries)
 
 
 def _inside(savepoint: SessionTransaction | None, ended: SessionTransaction) -> bool:

@@ -303,6 +303,47 @@ def test_registered_by_a_callback_runs_at_once_unless_in_a_block_of_its_own(
     assert ran == ["first", "second", "in the block", ("after the block", ["a", "b"]), "first done"]
 
 
+def test_a_callbacks_own_new_unit_of_work_keeps_its_callbacks_until_it_commits(
+    make_app: AppFactory, observer: sa.Engine
+) -> None:
+    """A callback that starts work of its own (in a fresh app context, in
+    a request to its app, or on the same session) registers callbacks that
+    belong to that work: dropped when it rolls back or fails, not run at
+    once as a committed unit of work's would be."""
+    app, db = make_app()
+    ran: list[str] = []
+
+    @app.post("/inner")
+    def inner() -> tuple[str, int]:
+        db.session.add(Item(key="inner"))
+        db.on_commit(lambda: ran.append("inner request's"))
+        return "failed", 500
+
+    def first() -> None:
+        with app.app_context():
+            db.session.add(Item(key="app context"))
+            db.on_commit(lambda: ran.append("app context's"))
+            db.session.rollback()
+        ran.append(f"inner {app.test_client().post('/inner').status_code}")
+        db.session.add(Item(key="taken"))  # the key the request stored: this commit fails
+        db.on_commit(lambda: ran.append("follow-up's"))
+        try:
+            db.session.commit()
+        except sa.exc.IntegrityError:
+            db.session.rollback()
+            ran.append("follow-up failed")
+
+    @app.post("/")
+    def view() -> tuple[str, int]:
+        db.session.add(Item(key="taken"))
+        db.on_commit(first)
+        return "ok", 201
+
+    assert app.test_client().post("/").status_code == 201
+    assert ran == ["inner 500", "follow-up failed"]
+    assert stored_keys(observer) == ["taken"]
+
+
 class TestUnderDbIsolation:
     """The pytest plugin: nothing commits for real, so callbacks of a unit of
     work that would have committed are recorded, not run."""

@@ -256,6 +256,39 @@ def test_commit_listeners_writing_through_db_session_write_with_the_request(
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_an_after_commit_listener_that_raises_leaves_the_2xx_and_the_rows(
+    make_app: AppFactory, observer: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the COMMIT succeeded nothing can undo it: a listener of
+    ``after_commit`` that raises (here by running SQL through
+    ``db.session``, which SQLAlchemy refuses there) is logged, and the
+    request keeps its 201. It used to be answered 500 with the row stored."""
+    app, db = make_app()
+    ran: list[str] = []
+
+    def count_items(session: Session) -> None:
+        ran.append("listener")
+        db.session.scalar(sa.select(sa.func.count()).select_from(Item))
+
+    with app.app_context():
+        sa.event.listen(db.sessionmaker, "after_commit", count_items)
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        db.on_commit(lambda: ran.append("on_commit"))
+        return "created", 201
+
+    with caplog.at_level(logging.ERROR, logger="flask_sessionscope"):
+        assert app.test_client().post("/items/a").status_code == 201
+    assert ran == ["listener", "on_commit"]
+    assert stored_keys(observer) == ["a"]
+    [record] = [r for r in caplog.records if "listener of the COMMIT raised" in r.getMessage()]
+    assert record.exc_info is not None
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_request_that_wrote_nothing_keeps_what_it_loaded(
     make_app: AppFactory, observer: Engine, backend: str
 ) -> None:

@@ -136,7 +136,7 @@ def test_the_tests_session_sees_what_a_request_committed(
     read began, so on MariaDB (REPEATABLE READ) the second count saw the old
     snapshot, and everywhere the loaded object kept its old value.
     (cookiecutter-flask's ``test_can_register`` counts users that way.)"""
-    app, db = make_app()
+    app, db = make_app(TESTING=True)
     _rename_view(app, db)
     with app.app_context(), db.transaction() as session:
         session.add(Item(key="old"))
@@ -162,7 +162,7 @@ def test_the_tests_own_uncommitted_writes_are_left_to_the_test(
     meanwhile neither commits them nor drops them."""
     if written == "statement" and backend == "mariadb":
         pytest.skip("MySQL/MariaDB cannot tell a transaction that wrote (docs/testing.md)")
-    app, db = make_app()
+    app, db = make_app(TESTING=True)
 
     @app.get("/count")
     def count() -> str:
@@ -192,7 +192,7 @@ def test_a_failed_statement_of_the_tests_own_is_left_to_the_test(
     works as ever."""
     if backend != "postgresql":
         pytest.skip("an aborted transaction that stays open is PostgreSQL's")
-    app, db = make_app()
+    app, db = make_app(TESTING=True)
 
     @app.get("/count")
     def count() -> str:
@@ -206,3 +206,31 @@ def test_a_failed_statement_of_the_tests_own_is_left_to_the_test(
         assert caplog.records == []
         db.session.rollback()
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Item)) == 0
+
+
+@pytest.mark.parametrize("client", ["test client", "wsgi call"])
+def test_a_view_that_calls_its_own_app_keeps_its_transaction_outside_tests(
+    make_app: AppFactory, observer: sa.Engine, client: str
+) -> None:
+    """A view that dispatches a request to its own app (an internal call
+    through the test client or a WSGI call) is a caller too; outside
+    tests (``TESTING`` off) its session is never ended in the middle of
+    the view: what it loaded stays loaded, and its own work still follows
+    its own outcome."""
+    app, db = make_app()
+    _rename_view(app, db)
+    with app.app_context(), db.transaction() as session:
+        session.add(Item(key="old"))
+
+    @app.post("/batch")
+    def batch() -> tuple[str, int]:
+        item = db.session.scalars(sa.select(Item)).one()
+        if client == "test client":
+            status = app.test_client().post("/rename/old/new").status_code
+        else:
+            status = _call_wsgi(app, "/rename/old/new", "POST")
+        return f"{status} {item.key} {item in db.session}", 200
+
+    response = app.test_client().post("/batch")
+    assert response.text == "200 old True"
+    assert stored_keys(observer) == ["added", "new"]
