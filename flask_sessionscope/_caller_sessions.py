@@ -37,7 +37,7 @@ from ._aborted import aborted_reason
 from ._guards import flushed_in_open_transaction, never_commits
 from ._on_commit import has_callbacks
 from ._scope import ContextScope
-from ._sqlalchemy_internals import has_pending_changes, transaction_connections
+from ._sqlalchemy_internals import has_pending_changes, is_committing, transaction_connections
 
 logger = logging.getLogger("flask_sessionscope")
 
@@ -67,6 +67,17 @@ def end_read_transaction(scope: ContextScope) -> None:
             return
         session.commit()
     except Exception:
+        transaction = session.get_transaction()
+        if transaction is not None and is_committing(transaction):
+            # Committed, but an after_commit listener raised: the session is
+            # left unable to run SQL until it is closed.
+            session.close()
+            logger.warning(
+                "a listener of the COMMIT that ended the read transaction of the session around a"
+                " request raised; that session was closed",
+                exc_info=True,
+            )
+            return
         logger.warning(
             "could not end the read transaction of the session around a request; it stays open",
             exc_info=True,

@@ -110,11 +110,14 @@ def commit_or_discard(session: Session, *, closing: bool = False) -> None:
         to_flush = has_pending_changes(session)
         forget_writes(session)  # from here, a noted flush is commit()'s own
         transaction = session.get_transaction()
+        # A transaction left COMMITTED by an earlier commit() whose listener
+        # raised (and that the view caught) cannot take this commit's work.
+        committed_before = transaction is not None and is_committing(transaction)
         try:
             session.commit()
         except Exception as error:
-            if transaction is not None and is_committing(transaction):
-                # The COMMIT succeeded; an after_commit listener raised.
+            if not committed_before and transaction is not None and is_committing(transaction):
+                # This COMMIT succeeded; an after_commit listener raised.
                 logger.error(
                     "a listener of the COMMIT raised after it succeeded; the transaction stays"
                     " committed (after_commit runs when the session can no longer run SQL)",

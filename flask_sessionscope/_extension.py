@@ -383,7 +383,8 @@ class SessionScope:
             if block.generation == fork_generation():
                 scope.transactions = tuple(other for other in scope.transactions if other is not session)
                 close_quietly(session)
-        _on_commit.run(session, committed)
+        if committed:
+            _on_commit.run(committed, ctx, scope.current_session())
 
     def run_in_transaction(self, fn: Callable[..., T], /, *args: Any, attempts: int = 3, **kwargs: Any) -> T:
         """Call ``fn(session, *args, **kwargs)`` in a :meth:`transaction`
@@ -424,8 +425,9 @@ class SessionScope:
 
         With no unit of work open (an app context with no transaction), in
         a session read-only from its start, which never commits, or from
-        another callback of the same session before anything began new work
-        on it (its unit of work has committed), the callback runs at once. Registered from an
+        another callback, in its context, before anything began new work on
+        ``db.session`` there (its unit of work has committed), the callback
+        runs at once. Registered from an
         ``after_commit`` listener, it runs with that COMMIT's callbacks.
         """
         ctx = current_context()
@@ -437,7 +439,7 @@ class SessionScope:
         if (
             session is None
             or _guards.never_commits(session)
-            or _on_commit.registered_after_its_commit(session)
+            or _on_commit.registered_after_its_commit(ctx, session)
         ):
             _on_commit.run_one(ctx.app, callback)
             return
@@ -764,7 +766,7 @@ def _commit_or_roll_back(ctx: Context, scope: ContextScope, session: Session, re
             # headers, request ids), as Flask gives its own 500 page.
             return _flask_internals.process_response(ctx, failed)
     if committed:
-        _on_commit.run(session, committed)
+        _on_commit.run(committed, ctx, session)
     if streamed:
         # Flask 3.1 tears the request down before the body is generated;
         # the session must outlive that, so the body closes it instead.

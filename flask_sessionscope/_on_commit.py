@@ -48,10 +48,20 @@ _LISTENING = "flask_sessionscope.on_commit.listening"
 #: (the pytest plugin's ``db_isolation``, where nothing really commits).
 _captures: WeakKeyDictionary[Flask, list[list[Callback]]] = WeakKeyDictionary()
 
-#: The session whose committed callbacks are running: one they register
-#: on it, while it has begun no new transaction, belongs to a unit of work
-#: that has committed already.
-_running: ContextVar[Session | None] = ContextVar("flask_sessionscope.on_commit.running", default=None)
+
+@dataclass(frozen=True)
+class _Running:
+    """Committed callbacks running: in which Flask context, and the
+    transaction ``db.session``'s session had open there when they began."""
+
+    context: object
+    transaction: SessionTransaction | None
+
+
+#: While committed callbacks run: one they register in the same context,
+#: before anything began new work there, belongs to a unit of work that
+#: has committed already.
+_running: ContextVar[_Running | None] = ContextVar("flask_sessionscope.on_commit.running", default=None)
 
 
 @dataclass(frozen=True)
@@ -110,12 +120,13 @@ def discard(session: Session) -> None:
     take_committed(session)
 
 
-def run(session: Session, entries: list[_Registered]) -> None:
-    """Run ``session``'s committed callbacks in registration order, each in
-    an app context of its app. One that raises is logged with its traceback
-    and the others still run: the transaction is committed, nothing can
-    undo it."""
-    token = _running.set(session)
+def run(entries: list[_Registered], context: object, current: Session | None) -> None:
+    """Run committed callbacks in registration order, each in an app
+    context of its app; ``context``: the Flask context they run in,
+    ``current``: the session ``db.session`` means there now. One that
+    raises is logged with its traceback and the others still run: the
+    transaction is committed, nothing can undo it."""
+    token = _running.set(_Running(context, current.get_transaction() if current is not None else None))
     try:
         for entry in entries:
             recorders = _captures.get(entry.app)
@@ -127,11 +138,17 @@ def run(session: Session, entries: list[_Registered]) -> None:
         _running.reset(token)
 
 
-def registered_after_its_commit(session: Session) -> bool:
-    """Whether a callback registered now on ``session`` comes from one of
-    its committed callbacks, before anything began a new transaction on
-    it: its unit of work has committed, it has nothing to wait for."""
-    return _running.get() is session and not session.in_transaction()
+def registered_after_its_commit(context: object, session: Session) -> bool:
+    """Whether a callback registered now in ``context``, on ``session``
+    (what ``db.session`` means there), comes from a committed callback of
+    that context before anything began new work on the session: its unit
+    of work has committed, it has nothing to wait for."""
+    running = _running.get()
+    return (
+        running is not None
+        and running.context is context
+        and session.get_transaction() is running.transaction
+    )
 
 
 def run_one(app: Flask, callback: Callback) -> None:
@@ -184,7 +201,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     committed = session.info.get(_COMMITTED, False)
     entries = take_committed(session)
     if committed:
-        run(session, entries)
+        run(entries, _flask_internals.current_context(), session)
 
 
 def _inside(savepoint: SessionTransaction | None, ended: SessionTransaction) -> bool:

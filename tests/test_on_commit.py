@@ -344,6 +344,40 @@ def test_a_callbacks_own_new_unit_of_work_keeps_its_callbacks_until_it_commits(
     assert stored_keys(observer) == ["taken"]
 
 
+@pytest.mark.parametrize("where", ["request that then fails", "app context"])
+def test_a_blocks_callback_registering_another_runs_it_at_once(make_app: AppFactory, where: str) -> None:
+    """A ``db.transaction()`` block's callback registers a follow-up: the
+    block has committed, so the follow-up runs at once, whatever the
+    request around it does later (it used to wait for, and be dropped
+    with, the request's own outcome, or an app context's never-committed
+    session)."""
+    app, db = make_app()
+    ran: list[str] = []
+
+    def first() -> None:
+        ran.append("first")
+        db.on_commit(lambda: ran.append("follow-up"))
+        ran.append("first done")
+
+    def work() -> None:
+        db.session.scalars(sa.select(Item)).all()  # the outer session is in a transaction
+        with db.transaction() as session:
+            session.add(Item(key="block"))
+            db.on_commit(first)
+
+    @app.post("/")
+    def view() -> tuple[str, int]:
+        work()
+        return "failed", 500
+
+    if where == "app context":
+        with app.app_context():
+            work()
+    else:
+        assert app.test_client().post("/").status_code == 500
+    assert ran == ["first", "follow-up", "first done"]
+
+
 class TestUnderDbIsolation:
     """The pytest plugin: nothing commits for real, so callbacks of a unit of
     work that would have committed are recorded, not run."""

@@ -289,6 +289,42 @@ def test_an_after_commit_listener_that_raises_leaves_the_2xx_and_the_rows(
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_work_after_a_commit_whose_listener_raised_is_not_reported_committed(
+    make_app: AppFactory, observer: Engine
+) -> None:
+    """A view commits itself, an ``after_commit`` listener raises, the view
+    catches it and goes on writing: SQLAlchemy leaves that transaction
+    committed and unable to take more work, so the request's own commit
+    fails. The answer is a 500 and the later work's callback never runs
+    (mistaken for the listener error of a successful COMMIT, it was
+    answered 201 with the row missing)."""
+    app, db = make_app()
+    ran: list[str] = []
+
+    def audit(session: Session) -> None:
+        if session.info.pop("audit fails", False):
+            raise RuntimeError("audit sink down")
+
+    with app.app_context():
+        sa.event.listen(db.sessionmaker, "after_commit", audit)
+
+    @app.post("/order")
+    def order() -> tuple[str, int]:
+        db.session.info["audit fails"] = True
+        db.session.add(Item(key="order"))
+        try:
+            db.session.commit()
+        except RuntimeError:
+            pass
+        db.session.add(Item(key="order line"))
+        db.on_commit(lambda: ran.append("order line mailed"))
+        return "created", 201
+
+    assert app.test_client().post("/order").status_code == 500
+    assert stored_keys(observer) == ["order"]  # the view's own commit
+    assert ran == []
+
+
 def test_request_that_wrote_nothing_keeps_what_it_loaded(
     make_app: AppFactory, observer: Engine, backend: str
 ) -> None:
