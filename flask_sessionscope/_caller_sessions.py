@@ -41,10 +41,9 @@ from ._sqlalchemy_internals import has_pending_changes, is_committing, transacti
 
 logger = logging.getLogger("flask_sessionscope")
 
-#: Per dialect, a query whose one value is NULL when the current
-#: transaction has written nothing: PostgreSQL assigns a transaction id at
-#: its first write (or row lock).
-_WRITES_QUERIES = {"postgresql": "SELECT txid_current_if_assigned()"}
+#: NULL while the transaction has written nothing: PostgreSQL assigns a
+#: transaction id at its first write (or row lock).
+_POSTGRESQL_WRITES_QUERY = "SELECT txid_current_if_assigned()"
 
 
 def end_read_transaction(scope: ContextScope) -> None:
@@ -97,12 +96,11 @@ def _may_have_written(connection: Connection) -> bool:
         return bool(getattr(driver_connection, "in_transaction", True))
     if dialect in ("mysql", "mariadb"):
         return False
-    query = _WRITES_QUERIES.get(dialect)
-    if query is None:
+    if dialect != "postgresql":
         return True
     cursor = driver_connection.cursor()
     try:
-        cursor.execute(query)
+        cursor.execute(_POSTGRESQL_WRITES_QUERY)
         row = cursor.fetchone()
     finally:
         cursor.close()

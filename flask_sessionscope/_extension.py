@@ -427,8 +427,8 @@ class SessionScope:
         a session read-only from its start, which never commits, or from
         another callback, in its context, before anything began new work on
         ``db.session`` there (its unit of work has committed), the callback
-        runs at once. Registered from an
-        ``after_commit`` listener, it runs with that COMMIT's callbacks.
+        runs at once. Registered from an ``after_commit`` listener, it runs
+        with that COMMIT's callbacks.
         """
         ctx = current_context()
         in_request = ctx is _flask_internals.request_context()

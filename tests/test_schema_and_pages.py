@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Response, stream_with_context
+from flask import Flask, Response, stream_with_context
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -203,6 +203,15 @@ def test_paginate_out_of_range_without_error_out_is_an_empty_page(make_app: AppF
     assert client.get("/items?page=9").json == {"rows": [], "page": 9, "total": None}
 
 
+def _create_view(app: Flask, db: SessionScope) -> None:
+    """POST /items/<key>: add that item, answer 201."""
+
+    @app.post("/items/<key>")
+    def create(key: str) -> tuple[str, int]:
+        db.session.add(Item(key=key))
+        return "created", 201
+
+
 def test_before_commit_listeners_see_the_requests_pending_objects(
     make_app: AppFactory, observer: Engine
 ) -> None:
@@ -216,11 +225,7 @@ def test_before_commit_listeners_see_the_requests_pending_objects(
 
     with app.app_context():
         sa.event.listen(db.sessionmaker, "before_commit", index_new_items)
-
-    @app.post("/items/<key>")
-    def create(key: str) -> tuple[str, int]:
-        db.session.add(Item(key=key))
-        return "created", 201
+    _create_view(app, db)
 
     assert app.test_client().post("/items/a").status_code == 201
     assert indexed == ["a"]
@@ -244,11 +249,7 @@ def test_commit_listeners_writing_through_db_session_write_with_the_request(
 
     with app.app_context():
         sa.event.listen(db.sessionmaker, "before_commit", audit)
-
-    @app.post("/items/<key>")
-    def create(key: str) -> tuple[str, int]:
-        db.session.add(Item(key=key))
-        return "created", 201
+    _create_view(app, db)
 
     assert app.test_client().post("/items/a").status_code == 201
     assert same_session == [True]

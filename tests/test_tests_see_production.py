@@ -118,6 +118,12 @@ def _rename_view(app: Flask, db: SessionScope) -> None:
         return "renamed", 200
 
 
+def _count_view(app: Flask, db: SessionScope) -> None:
+    @app.get("/count")
+    def count() -> str:
+        return str(db.session.scalar(sa.select(sa.func.count()).select_from(Item)))
+
+
 def _call_wsgi(app: Flask, path: str, method: str) -> int:
     """A request as WebTest makes it: the app called as a WSGI app, not
     through Flask's test client."""
@@ -163,10 +169,7 @@ def test_the_tests_own_uncommitted_writes_are_left_to_the_test(
     if written == "statement" and backend == "mariadb":
         pytest.skip("MySQL/MariaDB cannot tell a transaction that wrote (docs/testing.md)")
     app, db = make_app(TESTING=True)
-
-    @app.get("/count")
-    def count() -> str:
-        return str(db.session.scalar(sa.select(sa.func.count()).select_from(Item)))
+    _count_view(app, db)
 
     with app.test_request_context():
         mine = Item(key="mine")
@@ -193,10 +196,7 @@ def test_a_failed_statement_of_the_tests_own_is_left_to_the_test(
     if backend != "postgresql":
         pytest.skip("an aborted transaction that stays open is PostgreSQL's")
     app, db = make_app(TESTING=True)
-
-    @app.get("/count")
-    def count() -> str:
-        return str(db.session.scalar(sa.select(sa.func.count()).select_from(Item)))
+    _count_view(app, db)
 
     with app.test_request_context():
         with pytest.raises(sa.exc.DBAPIError):
